@@ -1,0 +1,192 @@
+"""Backbone checkpoints: orbax variables plus a meta.json that says what they are.
+
+A converted checkpoint is a directory::
+
+    NAME/meta.json      arch, layout, preprocessing, taps, source file + sha256, tmrjax version
+    NAME/variables/     orbax checkpoint of {"params": ..., "batch_stats": ...}
+
+Loading restores into the abstract tree of the module the meta names, so nothing is ever
+unpickled and a checkpoint cannot silently change shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import __version__
+from .models import ARCHITECTURES, LAYOUTS, available_taps, build_backbone, preprocessing_for
+
+META_FORMAT = "tmrjax-backbone/1"
+VariablePath = tuple[str, ...]
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be converted or loaded; the message names file and keys."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_arch_layout(arch: str, layout: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise WeightsError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if layout not in LAYOUTS:
+        raise WeightsError(f"unknown weight layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def full_backbone(arch: str, layout: str, dtype: Any = jnp.float32) -> nn.Module:
+    """The module with its deepest tap, i.e. every layer that owns variables."""
+    return build_backbone(arch, layout, taps=(available_taps(arch)[-1],), dtype=dtype)
+
+
+def expected_variables(arch: str, layout: str) -> dict[VariablePath, tuple[int, ...]]:
+    """Flat {('params'|'batch_stats', module..., name): shape} of a complete backbone."""
+    _check_arch_layout(arch, layout)
+    module = full_backbone(arch, layout)
+    abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def assemble_variables(
+    arch: str, layout: str, flat: Mapping[VariablePath, np.ndarray], source: str
+) -> dict:
+    """Check converted arrays against the backbone and nest them into Flax variables.
+
+    Raises WeightsError listing every missing key, every unexpected key and every shape
+    mismatch (key, expected, got) at once, naming `source`.
+    """
+    expected = expected_variables(arch, layout)
+    missing = sorted("/".join(k) for k in expected if k not in flat)
+    unexpected = sorted("/".join(k) for k in flat if k not in expected)
+    mismatched = [
+        f"{'/'.join(k)}: expected {expected[k]}, got {tuple(np.shape(v))}"
+        for k, v in flat.items()
+        if k in expected and tuple(np.shape(v)) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise WeightsError(f"{source}: not a {arch} ({layout}) checkpoint: " + " | ".join(problems))
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = np.asarray(value, dtype=np.float32)
+    return nested
+
+
+def backbone_meta(arch: str, layout: str, source: Mapping[str, Any]) -> dict:
+    return {
+        "format": META_FORMAT,
+        "arch": arch,
+        "layout": layout,
+        "preprocessing": preprocessing_for(layout).to_json(),
+        "taps": list(available_taps(arch)),
+        "source": dict(source),
+        "tmrjax_version": __version__,
+    }
+
+
+def save_backbone(
+    out_dir: str | os.PathLike, arch: str, layout: str, variables: Mapping, source: Mapping[str, Any]
+) -> Path:
+    """Write `variables` and meta.json to `out_dir`, replacing it only once fully written."""
+    import orbax.checkpoint as ocp
+
+    _check_arch_layout(arch, layout)
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tree = jax.tree.map(np.asarray, dict(variables))
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / "variables", tree)
+            checkpointer.wait_until_finished()
+        meta = backbone_meta(arch, layout, source)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    meta_path = Path(path) / "meta.json"
+    if not meta_path.is_file():
+        raise WeightsError(f"{path}: no meta.json; not a tmrjax backbone checkpoint (see `tmrjax convert`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{meta_path}: unreadable JSON ({e})") from e
+    if meta.get("format") != META_FORMAT:
+        raise WeightsError(f"{meta_path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
+    return meta
+
+
+def load_backbone(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    layout: str | None = None,
+    taps: tuple[str, ...] | None = None,
+    dtype: Any = jnp.float32,
+) -> tuple[nn.Module, dict, dict]:
+    """Load a converted backbone: returns (module, variables, meta).
+
+    `arch`/`layout`, when given, must match the checkpoint's meta (a VGG16 checkpoint is never
+    loaded as a ResNet50). `taps` defaults to all of the architecture's taps.
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    meta = read_meta(path)
+    for field, wanted in (("arch", arch), ("layout", layout)):
+        if wanted is not None and meta[field] != wanted:
+            raise WeightsError(f"{path}: checkpoint is {field}={meta[field]!r}, but {wanted!r} was requested")
+    _check_arch_layout(meta["arch"], meta["layout"])
+    module = full_backbone(meta["arch"], meta["layout"])
+    abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32), abstract)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            variables = checkpointer.restore(path / "variables", target)
+    except Exception as e:  # orbax raises many types; name the file and the cause
+        raise WeightsError(f"{path / 'variables'}: cannot restore {meta['arch']} variables: {e}") from e
+    taps = tuple(taps) if taps is not None else tuple(meta["taps"])
+    return build_backbone(meta["arch"], meta["layout"], taps, dtype=dtype), variables, meta
+
+
+def random_variables(arch: str, layout: str, seed: int = 0) -> dict:
+    """Randomly initialised variables (He init, BN identity) for tests and demos."""
+    module = full_backbone(arch, layout)
+    return jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))
