@@ -1,0 +1,1 @@
+"""Image loading, folder walking and dataset builders."""
