@@ -1,0 +1,165 @@
+"""The `tmrjax` command line: a thin layer over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint, fetch, official_file
+    from .weights import load_backbone
+
+    if (args.input is None) == (not args.download):
+        raise SystemExit("tmrjax convert: give exactly one of --input FILE or --download")
+    if args.download:
+        official = official_file(args.source, args.arch)
+        input_path = fetch(official, Path(args.cache_dir).expanduser())
+    else:
+        input_path = Path(args.input)
+    out = convert_checkpoint(args.source, args.arch, input_path, args.output)
+    _, variables, meta = load_backbone(out)
+    print(describe_backbone(meta, variables, out))
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .data.images import FailureLog
+    from .fit import describe_fit, fit_pipeline
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline.create(args.pipeline, weights=args.weights)
+    print(f"pipeline   {pipeline.describe_text()}")
+    _warn_random(pipeline)
+    failures = FailureLog()
+    pipeline = fit_pipeline(pipeline, args.images, args.out, num_images=args.num_images, failures=failures)
+    if len(failures):
+        failures.print_summary()
+    print(f"fitted     {describe_fit(pipeline)} -> {args.out}")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from .gallery import index_folder
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline.load(args.pipeline, weights=args.weights)
+    print(f"pipeline   {pipeline.describe_text()}")
+    _warn_random(pipeline)
+    report = index_folder(
+        args.images, pipeline, args.out, kind=args.kind, rebuild=args.rebuild,
+        checkpoint_every=args.checkpoint_every,
+    )
+    if args.failures_json:
+        report.failures.write_json(args.failures_json)
+    print(report.summary())
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .gallery import search_images
+
+    pipeline, results = search_images(args.index, args.queries, k=args.k)
+    if args.json:
+        print(json.dumps(
+            {"pipeline": pipeline.info(), "k": args.k, "results": [
+                {"query": str(q), "ranking": [{"rank": r + 1, "id": i, "similarity": s} for r, (i, s) in enumerate(res)]}
+                for q, res in zip(args.queries, results)
+            ]},
+            indent=2,
+        ))
+        return 0
+    for query, ranking in zip(args.queries, results):
+        print(f"query {query}  (pipeline {pipeline.name}, weights: {pipeline.backbone['weights']})")
+        for rank, (id_, similarity) in enumerate(ranking, start=1):
+            print(f"{rank:5d}  {similarity:+.4f}  {id_}")
+    return 0
+
+
+def _warn_random(pipeline) -> None:
+    if pipeline.backbone["weights"].startswith("random-init"):
+        print("note       backbone weights are RANDOMLY INITIALISED (no --weights given): the rankings show "
+              "the machinery, not ImageNet-quality retrieval. Convert real weights with `tmrjax convert`.")
+
+
+def describe_backbone(meta: dict, variables: dict, path: Path | str) -> str:
+    """A short human summary of a converted backbone."""
+    import jax
+    import numpy as np
+
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    stats = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.get("batch_stats", {})))
+    pre = meta["preprocessing"]
+    lines = [
+        f"backbone   {meta['arch']} ({meta['layout']} layout) -> {path}",
+        f"source     {meta['source'].get('file')} sha256={str(meta['source'].get('sha256'))[:16]}...",
+        f"params     {params:,} (+{stats:,} batch-norm statistics)",
+        f"input      RGB uint8 [0,255] -> {pre['name']} preprocessing ({pre['channel_order']}, "
+        f"mean={pre['mean']}, std={pre['std']}, scale={pre['scale']:.6g})",
+        f"taps       {', '.join(meta['taps'])}",
+    ]
+    dropped = meta["source"].get("dropped_head_keys") or []
+    if dropped:
+        lines.append(f"dropped    ImageNet head: {', '.join(dropped)}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tmrjax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert an official torchvision/Keras ImageNet checkpoint")
+    p.add_argument("--source", required=True, choices=["torchvision", "keras"])
+    p.add_argument("--arch", required=True, choices=["resnet50", "vgg16", "vgg19"])
+    p.add_argument("--input", help="the official checkpoint file (.pth/.safetensors or Keras .h5)")
+    p.add_argument("--download", action="store_true", help="fetch the official file (needs internet)")
+    p.add_argument("--cache-dir", default="~/.cache/tmrjax/downloads", help="where --download saves files")
+    p.add_argument("--output", required=True, help="output directory, e.g. converted_weights/NAME")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("fit", help="learn a pipeline's PCA-whitening / URA codebook on gallery images")
+    p.add_argument("images", help="folder of gallery images (searched recursively)")
+    p.add_argument("--pipeline", required=True, help="config name (e.g. mr_rsmac_ura) or path to a config .py")
+    p.add_argument("--weights", help="converted backbone directory (random initialisation if omitted)")
+    p.add_argument("--num-images", type=int, help="images sampled for fitting (default: config.fit.num_images)")
+    p.add_argument("--out", required=True, help="output directory of the fitted pipeline")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("index", help="embed a folder of marks into a faiss index (adds only new files)")
+    p.add_argument("images", help="folder of gallery images (searched recursively)")
+    p.add_argument("--pipeline", required=True, help="fitted pipeline directory, or a config that needs no fitting")
+    p.add_argument("--weights", help="converted backbone directory (default: the one the pipeline was fitted with)")
+    p.add_argument("--out", required=True, help="index directory")
+    p.add_argument("--kind", choices=["flat", "ivfpq", "hnsw"], help="index kind (default: the config's)")
+    p.add_argument("--rebuild", action="store_true", help="discard an existing index and start again")
+    p.add_argument("--checkpoint-every", type=int, default=2000, help="make progress durable every N images")
+    p.add_argument("--failures-json", help="also write the skipped files and reasons to this JSON file")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="rank the indexed marks for query images")
+    p.add_argument("index", help="index directory from `tmrjax index`")
+    p.add_argument("queries", nargs="+", help="query image file(s)")
+    p.add_argument("-k", type=int, default=100, help="results per query")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.images import ImageError
+    from .pipeline import PipelineError
+    from .weights import WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (WeightsError, PipelineError, ImageError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"tmrjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
