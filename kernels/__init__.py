@@ -1,0 +1,46 @@
+"""Pure, jit/vmap-compiled array kernels (installed as ``tmrjax.kernels``).
+
+Feature maps are NHWC, (..., H, W, C); kernels accumulate in float32 and depend on
+jax and numpy only.
+"""
+
+from .crow import crow, crow_channel_weights, crow_spatial_weights
+from .idf import assign_words, document_frequency, idf_from_document_frequency, idf_weights
+from .pooling import (
+    gem,
+    l2_normalize,
+    mac,
+    regional_gem,
+    regional_mac,
+    regional_smac,
+    regional_spoc,
+    smac,
+    spoc,
+)
+from .regions import RegionIntervals, region_intervals, region_masks, rmac_regions
+from .whitening import apply_pca_whitening, learn_pca_whitening
+
+__all__ = [
+    "RegionIntervals",
+    "apply_pca_whitening",
+    "assign_words",
+    "crow",
+    "crow_channel_weights",
+    "crow_spatial_weights",
+    "document_frequency",
+    "gem",
+    "idf_from_document_frequency",
+    "idf_weights",
+    "l2_normalize",
+    "learn_pca_whitening",
+    "mac",
+    "region_intervals",
+    "region_masks",
+    "regional_gem",
+    "regional_mac",
+    "regional_smac",
+    "regional_spoc",
+    "rmac_regions",
+    "smac",
+    "spoc",
+]

@@ -1,0 +1,62 @@
+"""PCA-whitening with dimensionality reduction (Jegou & Chum, ECCV 2012).
+
+The "^" post-processing of tursun2021 Eq. 2-4: learned once on gallery descriptors,
+then applied as an affine map.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def learn_pca_whitening(
+    X: jax.Array, dim: int, eps: float = 1e-6
+) -> tuple[jax.Array, jax.Array]:
+    """Learn the mean and the (D, dim) PCA-whitening projection of descriptors X.
+
+    Centres X, eigen-decomposes its covariance ``Xc^T Xc / (N - 1)``, keeps the
+    ``dim`` leading eigenvectors and scales each by ``1 / sqrt(eigenvalue + eps)``,
+    so the projected training set has (near) identity covariance. Each eigenvector's
+    sign is fixed so that its largest-magnitude entry is positive: refits on the same
+    data give the same projection. ``dim`` is static under jit.
+
+    (N, D) -> mean (D,), projection (D, dim), float32.
+    """
+    X = jnp.asarray(X)
+    X = X.astype(jnp.promote_types(X.dtype, jnp.float32))
+    if X.ndim != 2:
+        raise ValueError(
+            f"tmrjax.kernels.whitening.learn_pca_whitening: X must be (N, D), got {X.shape}"
+        )
+    num, size = X.shape
+    if num < 2:
+        raise ValueError(
+            "tmrjax.kernels.whitening.learn_pca_whitening: need N >= 2 descriptors "
+            f"to estimate a covariance, got N = {num}"
+        )
+    if not 1 <= dim <= size:
+        raise ValueError(
+            "tmrjax.kernels.whitening.learn_pca_whitening: dim must be in "
+            f"[1, D = {size}], got dim = {dim}"
+        )
+    mean = jnp.mean(X, axis=0)
+    centred = X - mean
+    covariance = jnp.matmul(centred.T, centred, precision=_HIGHEST) / (num - 1)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(covariance, symmetrize_input=True)
+    # eigh sorts ascending: take the last `dim`, largest first.
+    eigenvalues = eigenvalues[::-1][:dim]
+    eigenvectors = eigenvectors[:, ::-1][:, :dim]
+    largest = jnp.argmax(jnp.abs(eigenvectors), axis=0)
+    signs = jnp.sign(eigenvectors[largest, jnp.arange(dim)])
+    projection = eigenvectors * signs / jnp.sqrt(jnp.maximum(eigenvalues, 0.0) + eps)
+    return mean, projection
+
+
+def apply_pca_whitening(x: jax.Array, mean: jax.Array, projection: jax.Array) -> jax.Array:
+    """Whiten descriptors: ``(x - mean) @ projection``. (..., D), (D,), (D, dim) -> (..., dim)."""
+    x = jnp.asarray(x)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return jnp.matmul(x - mean, projection, precision=_HIGHEST)
