@@ -336,7 +336,7 @@ def iter_batches(
     _check_sizes(sizes)
     _check_positive(batch_size=batch_size, workers=workers)
     loaded = _load_all(list(paths), os.fspath(root), sizes, workers, failures, max_pixels, 2 * batch_size)
-    return _assemble(loaded, sizes, batch_size)
+    return assemble_batches(loaded, sizes, batch_size)
 
 
 def _load_all(paths, root, sizes, workers, failures, max_pixels, readahead) -> Iterator[tuple[str, tuple]]:
@@ -384,7 +384,7 @@ def as_batches(
     _check_sizes(sizes)
     _check_positive(batch_size=batch_size)
     prepared = ((str(i), prepare_multi(_as_rgb(x, i), sizes)) for i, x in enumerate(images))
-    return _assemble(prepared, sizes, batch_size)
+    return assemble_batches(prepared, sizes, batch_size)
 
 
 def _as_rgb(x: np.ndarray | Image.Image | str | os.PathLike, index: int) -> np.ndarray:
@@ -404,7 +404,7 @@ def _as_rgb(x: np.ndarray | Image.Image | str | os.PathLike, index: int) -> np.n
     raise ImageError(name, f"expected a numpy array, PIL image or file path, got {type(x).__name__}")
 
 
-def _assemble(items: Iterable[tuple[str, tuple[np.ndarray, ...]]], sizes, batch_size) -> Iterator[Batch]:
+def assemble_batches(items: Iterable[tuple[str, tuple[np.ndarray, ...]]], sizes, batch_size) -> Iterator[Batch]:
     """Pack (id, per-size arrays) into Batches of exactly batch_size rows, padding the last with white."""
 
     def empty():

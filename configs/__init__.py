@@ -1,0 +1,1 @@
+"""One ml_collections config per paper method (installed as ``tmrjax.configs``)."""

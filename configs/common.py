@@ -1,0 +1,48 @@
+"""Defaults shared by the off-the-shelf retrieval configs; each method file overrides them.
+
+Fields under `backbone` and `embed` define the vectors (they are hashed: artefacts and
+indexes fitted for one config are refused by another). `fit`, `index` and `batch_size`
+only say how to compute them.
+"""
+
+from ml_collections import ConfigDict
+
+
+def retrieval_config() -> ConfigDict:
+    c = ConfigDict()
+    c.name = ""
+    c.paper_row = ""  # the paper table row the config reproduces
+
+    c.backbone = ConfigDict()
+    c.backbone.arch = "resnet50"
+    c.backbone.tap = "conv4"
+
+    c.embed = ConfigDict()
+    c.embed.resolutions = (224,)  # input sizes; the image is padded to a white square first
+    c.embed.region_levels = 0  # 0: one global region; L: the R-MAC grid of levels 1..L
+    c.embed.include_full_map = False  # add the whole map as an extra region (cirtorch) or not (tursun2021)
+    c.embed.pooling = "mac"  # mac | spoc | gem | smac | crow
+    c.embed.center_prior = False  # SPoC's Gaussian centre prior (Babenko & Lempitsky 2015)
+    c.embed.gem_p = 3.0
+    c.embed.pca_whitening_dim = 0  # 0: no PCA-whitening; else l2 -> PCA-w to this dim -> l2 per region
+    c.embed.attention = "none"  # none | idf (tursun2021 URA, Eq. 4)
+    c.embed.codebook_size = 1024
+
+    c.fit = ConfigDict()
+    c.fit.num_images = 30000  # gallery images sampled for PCA-w / codebook / IDF (tursun2021)
+    c.fit.max_descriptors = 200000  # regional descriptors kept for PCA and k-means
+    c.fit.kmeans_iterations = 20
+    c.fit.seed = 0
+
+    c.index = ConfigDict()
+    c.index.kind = "flat"  # flat | ivfpq | hnsw
+    c.index.nlist = 1024
+    c.index.m = 32
+    c.index.nbits = 8
+    c.index.nprobe = 16
+    c.index.hnsw_m = 32
+    c.index.ef_construction = 200
+    c.index.ef_search = 128
+
+    c.batch_size = 16
+    return c

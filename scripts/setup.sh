@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up tmrjax on a fresh machine: a virtual environment in .venv with tmrjax installed.
+#   bash scripts/setup.sh          runtime dependencies (jax, flax, faiss, tfds, ...)
+#   bash scripts/setup.sh --test   plus the reference frameworks of the parity tests
+# Idempotent: a second run only checks what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=69" wheel
+if [[ "${1:-}" == "--test" ]]; then
+  # torch 2.14.1 + torchvision 0.29.1 is the pair whose torchvision imports here (CUDA build, runs on CPU).
+  .venv/bin/python -m pip install -q -e ".[test]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+.venv/bin/python -c "import tmrjax, jax; print(f'tmrjax {tmrjax.__version__} on jax {jax.__version__} ({jax.default_backend()})')"

@@ -1,0 +1,153 @@
+"""Indexing a folder of marks and searching it: the pipeline and the faiss index put together."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from .data.images import FailureLog, file_sha256, list_images
+from .index import GalleryIndex
+from .pipeline import Pipeline, PipelineError, embed, embed_stream
+
+
+def index_params(config: ConfigDict, kind: str | None = None) -> dict[str, Any]:
+    """The faiss index parameters of a pipeline config (`config.index`), optionally another kind."""
+    c = config.index
+    kind = kind or c.kind
+    if kind == "flat":
+        return {"kind": "flat"}
+    if kind == "ivfpq":
+        return {"kind": "ivfpq", "nlist": c.nlist, "m": c.m, "nbits": c.nbits, "nprobe": c.nprobe}
+    if kind == "hnsw":
+        return {"kind": "hnsw", "M": c.hnsw_m, "efConstruction": c.ef_construction, "efSearch": c.ef_search}
+    raise PipelineError(f"unknown index kind {kind!r}; expected flat, ivfpq or hnsw")
+
+
+@dataclasses.dataclass
+class IndexReport:
+    """What an index run did."""
+
+    path: Path
+    total: int
+    added: int
+    replaced: int
+    unchanged: int
+    failures: FailureLog
+
+    def summary(self) -> str:
+        lines = [
+            f"index {self.path}: {self.total} marks ({self.added} added, {self.replaced} re-embedded "
+            f"after a content change, {self.unchanged} unchanged, {len(self.failures)} skipped)"
+        ]
+        if len(self.failures):
+            lines.append(self.failures.summary())
+        return "\n".join(lines)
+
+
+def index_folder(
+    images_dir: str | os.PathLike,
+    pipeline: Pipeline,
+    out_dir: str | os.PathLike,
+    kind: str | None = None,
+    rebuild: bool = False,
+    checkpoint_every: int = 2000,
+    progress: bool = True,
+) -> IndexReport:
+    """Embed every image under `images_dir` that the index at `out_dir` lacks, and add it.
+
+    Re-running on a grown folder embeds only new (and content-changed) files; an interrupted
+    run keeps what was checkpointed (every `checkpoint_every` images) and resumes from there.
+    """
+    root = Path(images_dir)
+    out = Path(out_dir)
+    if rebuild and out.exists():
+        shutil.rmtree(out)
+    info = pipeline.info()
+    if (out / "meta.json").is_file():
+        index = GalleryIndex.open(str(out), pipeline_info=info)
+        if kind is not None and index.params["kind"] != kind:
+            raise PipelineError(f"{out}: is a {index.params['kind']!r} index, not {kind!r}; use --rebuild")
+    else:
+        index = GalleryIndex.create(str(out), pipeline.dim, index_params(pipeline.config, kind), info)
+
+    paths = list_images(root)
+    to_add, changed, unchanged = index.plan_update(str(root), paths)
+    if changed:
+        index.remove(changed)
+    todo = sorted(to_add + changed)
+    failures = FailureLog()
+    pending: list[tuple[list[str], np.ndarray]] = []  # held back until an IVF-PQ index can train
+    since_checkpoint = 0
+    for ids, vectors in embed_stream(todo, pipeline, root=root, failures=failures, progress=progress):
+        ids, vectors = _drop_empty(ids, vectors, failures)
+        pending.append((ids, vectors))
+        if index.train_size and sum(len(i) for i, _ in pending) < index.train_size:
+            continue
+        since_checkpoint += _add_pending(index, root, pending)
+        if since_checkpoint >= checkpoint_every:
+            index.checkpoint()
+            since_checkpoint = 0
+    if pending:
+        if index.train_size and sum(len(i) for i, _ in pending) < index.train_size:
+            raise PipelineError(
+                f"{out}: an IVF-PQ index needs {index.train_size} training vectors, the folder gave "
+                f"{sum(len(i) for i, _ in pending)}; use --kind flat for a gallery this small"
+            )
+        _add_pending(index, root, pending)
+    index.save()
+    failed = {path for path, _ in failures.failures}
+    added = sum(p not in failed for p in to_add)
+    replaced = sum(p not in failed for p in changed)
+    return IndexReport(out, len(index), added, replaced, unchanged, failures)
+
+
+def _drop_empty(ids: list[str], vectors: np.ndarray, failures: FailureLog) -> tuple[list[str], np.ndarray]:
+    """Record and leave out images whose embedding is the zero vector (nothing to rank them by)."""
+    ok = np.linalg.norm(vectors, axis=1) > 0.5
+    for i in np.flatnonzero(~ok):
+        failures.add(ids[i], "embedding is the zero vector (all features or region weights are 0)")
+    return [i for i, keep in zip(ids, ok) if keep], vectors[ok]
+
+
+def _add_pending(index: GalleryIndex, root: Path, pending: list[tuple[list[str], np.ndarray]]) -> int:
+    ids = [i for batch_ids, _ in pending for i in batch_ids]
+    vectors = np.concatenate([v for _, v in pending])
+    stats = [os.stat(root / i) for i in ids]
+    index.add(
+        ids,
+        [file_sha256(root / i) for i in ids],
+        [s.st_size for s in stats],
+        [s.st_mtime_ns for s in stats],
+        vectors,
+    )
+    pending.clear()
+    return len(ids)
+
+
+def search_images(
+    index_dir: str | os.PathLike, queries: list[str | os.PathLike], k: int = 100
+) -> tuple[Pipeline, list[list[tuple[str, float]]]]:
+    """Rank the indexed marks for each query image: [[(id, similarity), ...], ...]."""
+    index = GalleryIndex.open(str(index_dir))
+    pipeline = pipeline_of_index(index)
+    vectors = embed(queries, pipeline)
+    scores, ids = index.search(vectors, k)
+    return pipeline, [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
+
+
+def pipeline_of_index(index: GalleryIndex) -> Pipeline:
+    """Rebuild the pipeline an index was made with, from what its meta.json recorded."""
+    info = index.pipeline_info
+    source = info.get("path") or info["name"]
+    weights = info["backbone"].get("weights")
+    if weights is not None and weights.startswith("random-init"):
+        weights = None
+    pipeline = Pipeline.load(source, weights=weights)
+    index.check_pipeline(pipeline.info())
+    return pipeline

@@ -1,0 +1,455 @@
+"""The embedding pipeline: backbone + method config + fitted artefacts -> one vector per image.
+
+Data flows one way (DESIGN.md):
+
+    uint8 square image per resolution -> backbone tap (B, h, w, C)
+      -> regional descriptors (B, R, D')           `describe`      (pooling kernels)
+      -> l2 -> PCA-whitening -> l2 (B, R, d)      `postprocess`   (whitening kernel)
+      -> regional weights (B, R)                  `region_weights` (IDF kernel, or 1)
+      -> weighted sum over regions               (tursun2021 Eq. 2-4)
+    summed over resolutions (Eq. 3), l2 -> (B, d)
+
+Each resolution has its own compiled function (jax.jit caches one executable per input
+shape); the method is data (the config), never a branch on its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from . import __version__
+from .kernels import crow, idf, pooling, regions, whitening
+from .weights import load_backbone, random_variables
+from .models import build_backbone
+
+PIPELINE_FORMAT = "tmrjax-pipeline/1"
+RANDOM_WEIGHTS_SEED = 0
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot be built or does not match its artefacts."""
+
+
+# ----------------------------------------------------------------------------------------
+# Configs
+
+
+def load_config(name_or_path: str) -> ConfigDict:
+    """A method config by name (``mr_rsmac_ura``) or by path to a ``get_config()`` file."""
+    import importlib
+    import importlib.util
+
+    path = Path(name_or_path)
+    if path.suffix == ".py" and path.is_file():
+        spec = importlib.util.spec_from_file_location(f"tmrjax_user_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        try:
+            module = importlib.import_module(f"tmrjax.configs.{name_or_path}")
+        except ModuleNotFoundError:
+            raise PipelineError(
+                f"unknown pipeline {name_or_path!r}: not a config in tmrjax/configs "
+                f"({', '.join(available_configs())}), a .py config file, or a fitted pipeline directory"
+            ) from None
+    if not hasattr(module, "get_config"):
+        raise PipelineError(f"{name_or_path}: config module has no get_config()")
+    return module.get_config()
+
+
+def available_configs() -> list[str]:
+    from . import configs
+
+    folder = Path(configs.__file__).parent
+    return sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common"))
+
+
+def config_hash(config: ConfigDict) -> str:
+    """Hash of what defines the vectors (backbone + embed); 16 hex digits."""
+    semantic = {"backbone": config.backbone.to_dict(), "embed": config.embed.to_dict()}
+    text = json.dumps(semantic, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def needs_fit(config: ConfigDict) -> bool:
+    return config.embed.pca_whitening_dim > 0 or config.embed.attention != "none"
+
+
+# ----------------------------------------------------------------------------------------
+# Regional pooling: one entry per pooling name; global (one region) and regional forms.
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooling:
+    global_fn: Callable[[jax.Array, ConfigDict], jax.Array]  # (B,h,w,C) -> (B,D')
+    regional_fn: Callable[[jax.Array, np.ndarray, ConfigDict], jax.Array] | None  # -> (B,R,D')
+    width: int  # D' = width * C
+
+
+POOLINGS: dict[str, Pooling] = {
+    "mac": Pooling(lambda x, e: pooling.mac(x), lambda x, b, e: pooling.regional_mac(x, b), 1),
+    "spoc": Pooling(
+        lambda x, e: pooling.spoc(x, center_prior=e.center_prior),
+        lambda x, b, e: pooling.regional_spoc(x, b),
+        1,
+    ),
+    "gem": Pooling(
+        lambda x, e: pooling.gem(x, p=e.gem_p), lambda x, b, e: pooling.regional_gem(x, b, p=e.gem_p), 1
+    ),
+    "smac": Pooling(lambda x, e: pooling.smac(x), lambda x, b, e: pooling.regional_smac(x, b), 2),
+    "crow": Pooling(lambda x, e: crow.crow(x), None, 1),
+}
+ATTENTIONS = ("none", "idf")
+
+
+def validate_config(config: ConfigDict) -> None:
+    """Reject configs that cannot work, naming the field and the value."""
+    e = config.embed
+    if e.pooling not in POOLINGS:
+        raise PipelineError(f"{config.name}: embed.pooling={e.pooling!r}; expected one of {sorted(POOLINGS)}")
+    if e.region_levels < 0:
+        raise PipelineError(f"{config.name}: embed.region_levels={e.region_levels} must be >= 0")
+    if e.region_levels > 0 and POOLINGS[e.pooling].regional_fn is None:
+        raise PipelineError(f"{config.name}: pooling {e.pooling!r} is global only; set embed.region_levels=0")
+    if e.center_prior and (e.pooling != "spoc" or e.region_levels > 0):
+        raise PipelineError(f"{config.name}: embed.center_prior applies to global SPoC only")
+    if e.attention not in ATTENTIONS:
+        raise PipelineError(f"{config.name}: embed.attention={e.attention!r}; expected one of {ATTENTIONS}")
+    if e.attention == "idf" and e.pca_whitening_dim <= 0:
+        raise PipelineError(f"{config.name}: URA (attention='idf') works on PCA-whitened regions; set pca_whitening_dim")
+    if not e.resolutions or any(int(r) < 32 for r in e.resolutions):
+        raise PipelineError(f"{config.name}: embed.resolutions={tuple(e.resolutions)}; each must be >= 32")
+
+
+def region_boxes(h: int, w: int, embed: ConfigDict) -> np.ndarray:
+    """The regions pooled on an h x w map: the whole map, or the R-MAC grid."""
+    if embed.region_levels == 0:
+        return np.array([[0, 0, h, w]], dtype=np.int32)
+    return regions.rmac_regions(h, w, levels=embed.region_levels, include_full_map=embed.include_full_map)
+
+
+def describe(features: jax.Array, embed: ConfigDict) -> jax.Array:
+    """Regional descriptors of a feature map: (B, h, w, C) -> (B, R, D') float32."""
+    spec = POOLINGS[embed.pooling]
+    if embed.region_levels == 0:
+        return spec.global_fn(features, embed)[:, None, :].astype(jnp.float32)
+    boxes = region_boxes(features.shape[1], features.shape[2], embed)
+    return spec.regional_fn(features, boxes, embed).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Learned artefacts
+
+
+@dataclasses.dataclass
+class Artefacts:
+    """What `tmrjax fit` learns: PCA-whitening and the URA codebook with its IDF table."""
+
+    pca_mean: np.ndarray | None = None  # (D',)
+    pca_projection: np.ndarray | None = None  # (D', d)
+    centroids: np.ndarray | None = None  # (K, d)
+    idf: np.ndarray | None = None  # (K,)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def save(self, path: Path) -> None:
+        _atomic_write(path, lambda f: np.savez(f, **self.arrays()))
+
+    @classmethod
+    def load(cls, path: Path) -> "Artefacts":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(**{k: np.asarray(data[k]) for k in data.files})
+
+
+def postprocess(descriptors: jax.Array, arts: Mapping[str, jax.Array]) -> jax.Array:
+    """Per region: l2 -> PCA-whitening -> l2 when fitted, else l2 (tursun2021 '^')."""
+    x = pooling.l2_normalize(descriptors)
+    if "pca_projection" in arts:
+        x = pooling.l2_normalize(whitening.apply_pca_whitening(x, arts["pca_mean"], arts["pca_projection"]))
+    return x
+
+
+def region_weights(post: jax.Array, arts: Mapping[str, jax.Array]) -> jax.Array:
+    """URA weight of every region (IDF of its visual word, Eq. 4), or 1 without attention."""
+    if "idf" in arts:
+        return idf.idf_weights(post, arts["centroids"], arts["idf"])
+    return jnp.ones(post.shape[:-1], post.dtype)
+
+
+def _embed_resolution(module, tap: str, embed: ConfigDict, variables, arts, images) -> jax.Array:
+    """Unnormalised sum over one resolution's weighted regions: (B, S, S, 3) -> (B, d)."""
+    features = module.apply(variables, images)[tap]
+    post = postprocess(describe(features, embed), arts)
+    return jnp.einsum("brd,br->bd", post, region_weights(post, arts))
+
+
+# ----------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """Backbone + config + learned artefacts; the unit that `embed`, `fit` and `index` share."""
+
+    config: ConfigDict
+    module: Any
+    variables: Any
+    backbone: dict  # identity of the weights: arch, layout, source file/sha256 or random seed
+    artefacts: Artefacts | None = None
+    path: Path | None = None  # the fitted pipeline directory, if any
+
+    def __post_init__(self) -> None:
+        validate_config(self.config)
+        tap, embed = self.config.backbone.tap, self.config.embed
+        module = self.module
+        self._describe = jax.jit(lambda v, x: describe(module.apply(v, x)[tap], embed))
+        self._postprocess = jax.jit(postprocess)
+        self._embed = jax.jit(lambda v, a, x: _embed_resolution(module, tap, embed, v, a, x))
+        self._device_arts = {k: jnp.asarray(v) for k, v in (self.artefacts or Artefacts()).arrays().items()}
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, config: ConfigDict | str, weights: str | os.PathLike | None = None, dtype: Any = jnp.float32
+    ) -> "Pipeline":
+        """An unfitted pipeline from a config and a converted backbone (random init if None)."""
+        if isinstance(config, str):
+            config = load_config(config)
+        validate_config(config)
+        arch, tap = config.backbone.arch, config.backbone.tap
+        if weights is None:
+            layout = "torchvision"
+            module = build_backbone(arch, layout, (tap,), dtype=dtype)
+            variables = random_variables(arch, layout, seed=RANDOM_WEIGHTS_SEED)
+            backbone = {"arch": arch, "layout": layout, "weights": f"random-init(seed={RANDOM_WEIGHTS_SEED})"}
+        else:
+            module, variables, meta = load_backbone(weights, arch=arch, taps=(tap,), dtype=dtype)
+            backbone = {
+                "arch": arch,
+                "layout": meta["layout"],
+                "weights": str(Path(weights).absolute()),
+                "source_sha256": meta["source"].get("sha256"),
+            }
+        return cls(config=config, module=module, variables=variables, backbone=backbone)
+
+    @classmethod
+    def load(cls, pipeline: str | os.PathLike, weights: str | os.PathLike | None = None) -> "Pipeline":
+        """A fitted pipeline directory (from `tmrjax fit`), or a config that needs no fitting."""
+        path = Path(pipeline)
+        if not (path / "pipeline.json").is_file():
+            if path.is_dir():
+                raise PipelineError(f"{path}: no pipeline.json; not a fitted pipeline (see `tmrjax fit`)")
+            pipe = cls.create(str(pipeline), weights=weights)
+            if needs_fit(pipe.config):
+                raise PipelineError(
+                    f"pipeline {pipe.config.name!r} needs fitted PCA-whitening/codebook: "
+                    f"run `tmrjax fit IMAGES --pipeline {pipe.config.name} --out DIR` and pass DIR"
+                )
+            return pipe
+        info = json.loads((path / "pipeline.json").read_text())
+        if info.get("format") != PIPELINE_FORMAT:
+            raise PipelineError(f"{path / 'pipeline.json'}: format {info.get('format')!r}, expected {PIPELINE_FORMAT!r}")
+        config = ConfigDict(info["config"])
+        config.embed.resolutions = tuple(config.embed.resolutions)
+        if config_hash(config) != info["config_hash"]:
+            raise PipelineError(f"{path}: pipeline.json's config does not match its recorded hash")
+        weights_path = weights if weights is not None else info["backbone"].get("weights")
+        if weights_path is not None and str(weights_path).startswith("random-init"):
+            weights_path = None
+        pipe = cls.create(config, weights=weights_path)
+        if pipe.backbone.get("source_sha256") != info["backbone"].get("source_sha256"):
+            raise PipelineError(
+                f"{path}: artefacts were fitted with backbone weights {info['backbone']}, "
+                f"but {pipe.backbone} were given"
+            )
+        pipe.artefacts = Artefacts.load(path / "artefacts.npz")
+        pipe.path = path
+        pipe.__post_init__()
+        pipe.check_artefacts()
+        return pipe
+
+    def save(self, path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+        """Write pipeline.json (config, hash, backbone, data provenance) and artefacts.npz."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.artefacts is not None:
+            self.artefacts.save(path / "artefacts.npz")
+        info = {
+            "format": PIPELINE_FORMAT,
+            "name": self.config.name,
+            "config_hash": config_hash(self.config),
+            "config": json.loads(self.config.to_json()),
+            "backbone": self.backbone,
+            "data": dict(data),
+            "dim": self.dim,
+            "tmrjax_version": __version__,
+        }
+        _atomic_write(path / "pipeline.json", lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
+        self.path = path
+        return path
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(int(r) for r in self.config.embed.resolutions)
+
+    @property
+    def raw_dim(self) -> int:
+        """D': channels of the tap times the pooling's width (2 for SMAC)."""
+        features = jax.eval_shape(
+            lambda x: self.module.apply(self.variables, x)[self.config.backbone.tap],
+            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+        )
+        return features.shape[-1] * POOLINGS[self.config.embed.pooling].width
+
+    @property
+    def dim(self) -> int:
+        return self.config.embed.pca_whitening_dim or self.raw_dim
+
+    def describe_text(self) -> str:
+        e = self.config.embed
+        return (
+            f"{self.name} ({self.config.paper_row}): {self.backbone['arch']} {self.config.backbone.tap} "
+            f"[{self.backbone['layout']}; weights: {self.backbone['weights']}], "
+            f"resolutions {self.resolutions}, {'global' if e.region_levels == 0 else f'R-MAC L={e.region_levels}'} "
+            f"{e.pooling}, PCA-w {e.pca_whitening_dim or 'none'}, attention {e.attention}, dim {self.dim}"
+        )
+
+    def info(self) -> dict:
+        """What identifies the vectors this pipeline makes (stored with indexes)."""
+        return {
+            "name": self.name,
+            "config_hash": config_hash(self.config),
+            "backbone": self.backbone,
+            "path": str(self.path.absolute()) if self.path else None,
+            "dim": self.dim,
+        }
+
+    def check_artefacts(self) -> None:
+        """Refuse to embed without the artefacts the config needs, or with wrong shapes."""
+        e, arts = self.config.embed, self.artefacts or Artefacts()
+        if e.pca_whitening_dim > 0:
+            if arts.pca_projection is None:
+                raise PipelineError(f"{self.name}: needs PCA-whitening; run `tmrjax fit` first")
+            want = (self.raw_dim, e.pca_whitening_dim)
+            if arts.pca_projection.shape != want:
+                raise PipelineError(f"{self.name}: PCA projection is {arts.pca_projection.shape}, expected {want}")
+        if e.attention == "idf":
+            if arts.centroids is None or arts.idf is None:
+                raise PipelineError(f"{self.name}: needs a URA codebook and IDF; run `tmrjax fit` first")
+            want = (e.codebook_size, self.dim)
+            if arts.centroids.shape != want or arts.idf.shape != (e.codebook_size,):
+                raise PipelineError(
+                    f"{self.name}: codebook {arts.centroids.shape} / idf {arts.idf.shape}, expected {want}"
+                )
+
+    # -- compute --------------------------------------------------------------------------
+
+    def describe_batch(self, images: np.ndarray) -> jax.Array:
+        """Raw regional descriptors (B, R, D') of one resolution's uint8 batch."""
+        return self._describe(self.variables, jnp.asarray(images))
+
+    def postprocess_batch(self, descriptors: jax.Array) -> jax.Array:
+        return self._postprocess(descriptors, self._device_arts)
+
+    def embed_batch(self, images_per_resolution: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, S, S, 3) uint8 per resolution -> (B, d) float32, l2-normalised (Eq. 3-4)."""
+        self.check_artefacts()
+        if len(images_per_resolution) != len(self.resolutions):
+            raise PipelineError(
+                f"{self.name}: got {len(images_per_resolution)} resolutions, expected {self.resolutions}"
+            )
+        total = None
+        for images in images_per_resolution:
+            part = self._embed(self.variables, self._device_arts, jnp.asarray(images))
+            total = part if total is None else total + part
+        return np.asarray(pooling.l2_normalize(total), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Functional API
+
+
+def embed(images: Sequence[Any], pipeline: Pipeline, batch_size: int | None = None) -> np.ndarray:
+    """Embed images (uint8 arrays, PIL images or paths) -> (N, d) float32, l2-normalised.
+
+    Images are padded to a white square and resized to each of the pipeline's resolutions
+    (no centre crop, tursun2019 Sec. 4.4). A bad input raises ImageError naming it.
+    """
+    from .data.images import as_batches
+
+    batch_size = batch_size or pipeline.config.batch_size
+    out = [np.zeros((0, pipeline.dim), np.float32)]
+    for batch in as_batches(list(images), pipeline.resolutions, batch_size):
+        out.append(pipeline.embed_batch(batch.images)[batch.valid])
+    return np.concatenate(out)
+
+
+def embed_stream(
+    source: str | os.PathLike | Sequence[str],
+    pipeline: Pipeline,
+    batch_size: int | None = None,
+    failures=None,
+    root: str | os.PathLike | None = None,
+    progress: bool = True,
+    workers: int = 4,
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stream (ids, vectors) batches over a folder, a list of paths, or a tfds split.
+
+    `source` is a folder (walked recursively; ids are relative paths), a list of paths
+    relative to `root`, or ``"tfds:NAME/CONFIG:SPLIT"`` (ids from the record's ``id`` field).
+    Unreadable files are recorded in `failures` (a FailureLog) and skipped.
+    """
+    from tqdm.auto import tqdm
+
+    from .data.images import FailureLog, iter_batches, list_images
+
+    batch_size = batch_size or pipeline.config.batch_size
+    failures = failures if failures is not None else FailureLog()
+    if isinstance(source, str) and source.startswith("tfds:"):
+        from .data.tfds_source import iter_tfds_batches
+
+        batches, total = iter_tfds_batches(source[len("tfds:"):], pipeline.resolutions, batch_size)
+    else:
+        if isinstance(source, (str, os.PathLike)):
+            root = Path(source)
+            paths = list_images(root)
+        else:
+            paths = list(source)
+            root = Path(root) if root is not None else Path(".")
+        total = len(paths)
+        batches = iter_batches(paths, root, pipeline.resolutions, batch_size, workers=workers, failures=failures)
+    with tqdm(total=total, unit="img", desc=f"embed {pipeline.name}", disable=not progress) as bar:
+        reported = len(failures)
+        for batch in batches:
+            vectors = pipeline.embed_batch(batch.images)[batch.valid]
+            bar.update(len(batch.ids) + len(failures) - reported)
+            reported = len(failures)
+            yield list(batch.ids), vectors
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    """Write via a temp file in the same directory, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
