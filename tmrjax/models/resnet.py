@@ -80,6 +80,10 @@ class ResNet50(nn.Module):
     layout: str = "torchvision"
     taps: Sequence[str] = ("conv4",)
     dtype: Any = jnp.float32
+    # ResNet50 is (3, 4, 6, 3) blocks with stem width 64; smaller values give the same
+    # architecture family for quick CPU experiments (ImageNet weights fit only the default).
+    blocks_per_stage: Sequence[int] = (3, 4, 6, 3)
+    width: int = 64
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
@@ -90,7 +94,7 @@ class ResNet50(nn.Module):
 
         x = PREPROCESSING[LAYOUT_PREPROCESSING[self.layout]](images).astype(self.dtype)
         x = nn.Conv(
-            64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=keras,
+            self.width, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=keras,
             dtype=self.dtype, name="conv1",
         )(x)
         x = nn.BatchNorm(
@@ -104,10 +108,12 @@ class ResNet50(nn.Module):
             return out
         # Zero padding (Keras) and -inf padding (torchvision) agree after the ReLU.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for stage_index, (name, width, blocks, stride) in enumerate(STAGES, start=1):
+        for stage_index, ((name, width, _, stride), blocks) in enumerate(
+            zip(STAGES, self.blocks_per_stage), start=1
+        ):
             for block in range(blocks):
                 x = Bottleneck(
-                    width=width,
+                    width=width * self.width // 64,
                     strides=stride if block == 0 else 1,
                     layout=self.layout,
                     project_shortcut=block == 0,
