@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from .data.images import FailureLog, file_sha256, list_images
+from .data.images import FailureLog, list_images
+from .fileio import file_sha256
 from .index import GalleryIndex
 from .pipeline import Pipeline, PipelineError, embed, embed_stream
 
@@ -65,9 +66,9 @@ def index_folder(
     run keeps what was checkpointed (every `checkpoint_every` images) and resumes from there.
     """
     root = Path(images_dir)
-    out = Path(out_dir)
-    if rebuild and out.exists():
-        shutil.rmtree(out)
+    final = Path(out_dir)
+    # A rebuild goes to a sibling directory and replaces the old index only when complete.
+    out = final.with_name(final.name + ".rebuild") if rebuild else final
     info = pipeline.info()
     if (out / "meta.json").is_file():
         index = GalleryIndex.open(str(out), pipeline_info=info)
@@ -101,6 +102,14 @@ def index_folder(
             )
         _add_pending(index, root, pending)
     index.save()
+    if rebuild:
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(out, final)
+        shutil.rmtree(old, ignore_errors=True)
+        out = final
     failed = {path for path, _ in failures.failures}
     added = sum(p not in failed for p in to_add)
     replaced = sum(p not in failed for p in changed)

@@ -28,6 +28,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from . import __version__
+from .fileio import write_atomic
 from .kernels import crow, idf, pooling, regions, whitening
 from .weights import load_backbone, random_variables
 from .models import build_backbone
@@ -164,7 +165,7 @@ class Artefacts:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def save(self, path: Path) -> None:
-        _atomic_write(path, lambda f: np.savez(f, **self.arrays()))
+        write_atomic(path, lambda f: np.savez(f, **self.arrays()))
 
     @classmethod
     def load(cls, path: Path) -> "Artefacts":
@@ -296,7 +297,7 @@ class Pipeline:
             "dim": self.dim,
             "tmrjax_version": __version__,
         }
-        _atomic_write(path / "pipeline.json", lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
+        write_atomic(path / "pipeline.json", lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
         self.path = path
         return path
 
@@ -443,13 +444,3 @@ def embed_stream(
             bar.update(len(batch.ids) + len(failures) - reported)
             reported = len(failures)
             yield list(batch.ids), vectors
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write via a temp file in the same directory, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

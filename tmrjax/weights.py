@@ -11,7 +11,6 @@ unpickled and a checkpoint cannot silently change shape.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,14 +32,6 @@ VariablePath = tuple[str, ...]
 
 class WeightsError(ValueError):
     """A checkpoint that cannot be converted or loaded; the message names file and keys."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_arch_layout(arch: str, layout: str) -> None:

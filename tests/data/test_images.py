@@ -20,7 +20,6 @@ from tmrjax.data.images import (
     FailureLog,
     ImageError,
     as_batches,
-    file_sha256,
     iter_batches,
     list_images,
     load_image,
@@ -398,16 +397,6 @@ def test_list_images_bad_root(tmp_path):
     (tmp_path / "f.png").write_bytes(b"x")
     with pytest.raises(NotADirectoryError, match="not a directory"):
         list_images(tmp_path / "f.png")
-
-
-def test_file_sha256(tmp_path):
-    data = np.random.default_rng(2).bytes(3_000_000)
-    (tmp_path / "f").write_bytes(data)
-    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Batching
 
 
 def _mixed_folder(root):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..weights import WeightsError, assemble_variables, save_backbone, sha256_file
+from ..fileio import file_sha256
+from ..weights import WeightsError, assemble_variables, save_backbone
 from . import keras, torchvision
 from .download import OfficialFile, fetch
 
@@ -44,7 +45,7 @@ def convert_checkpoint(
         source={
             "framework": source,
             "file": input_path.name,
-            "sha256": sha256_file(input_path),
+            "sha256": file_sha256(input_path),
             "dropped_head_keys": sorted(dropped),
         },
     )

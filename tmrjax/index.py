@@ -1,0 +1,627 @@
+"""Gallery index: faiss vectors plus an id table, kept in one directory that is always consistent.
+
+Vectors are float32 and l2-normalised; similarity is the inner product. Each indexed item has a
+row in the id table (`id` = path relative to the gallery root, `sha256`, `size`, `mtime_ns`,
+`label`), rows in ascending `label` order, and `label` is the item's id inside faiss. Labels only
+grow, so removing rows never renumbers anything.
+
+On-disk layout of an index directory::
+
+    meta.json                  the commit point: format version, dim, index params, count, next
+                               label, pipeline description, created/updated times, generation,
+                               and the names + byte sizes of the files below that make up the index
+    index.<gen>.faiss          faiss index of generation <gen> (six digits)
+    table.<gen>.npz            id table of generation <gen> (ids as NUL-joined utf-8, sha256 bytes,
+                               size, mtime_ns, label)
+    delta.<gen>.<k>.npz        checkpoint k on top of generation <gen>: rows added since (with their
+                               vectors), labels removed, refreshed size/mtime of unchanged files
+
+Every file is written to a temporary name in the directory, fsynced and `os.replace`d into place;
+meta.json is replaced last, so a run killed at any point leaves the previous state readable. Files
+that meta.json does not name are deleted after each commit. `save()` writes a new generation;
+`checkpoint()` appends a small delta instead while the deltas stay smaller than the generation, so
+checkpointing every N images costs O(total) writes overall rather than O(total^2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from .fileio import file_sha256, fsync_dir, write_atomic
+
+# Search batches of a few hundred queries go through BLAS instead of the per-query loop (~6x faster).
+faiss.cvar.distance_compute_blas_threshold = 20
+
+FORMAT_VERSION = 1
+META_NAME = "meta.json"
+# The key of the pipeline description whose value must match between an index and its caller.
+PIPELINE_HASH_KEY = "config_hash"
+# Index kind -> its parameters and their defaults.
+INDEX_KINDS: dict[str, dict[str, int]] = {
+    "flat": {},
+    "ivfpq": {"nlist": 1024, "m": 32, "nbits": 8, "nprobe": 16},
+    "hnsw": {"M": 32, "efConstruction": 200, "efSearch": 128},
+}
+
+_NORM_TOLERANCE = 1e-3
+_DATA_FILE = r"(index\.\d{6,}\.faiss|table\.\d{6,}\.npz|delta\.\d{6,}\.\d{6,}\.npz)"
+# Files a commit may delete when meta.json does not name them: data files and our temporaries.
+_OWN_FILE = re.compile(rf"^({_DATA_FILE}|\.({_DATA_FILE}|meta\.json)\.\d+\.tmp)$")
+
+
+def validate_index_params(index_params: dict, dim: int) -> dict:
+    """Check an index parameter dict (e.g. from a config) for `dim`-dim vectors; return it with defaults filled in."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"index dim must be a positive int, got {dim!r}")
+    if not isinstance(index_params, dict):
+        raise ValueError(f"index params must be a dict like {{'kind': 'flat'}}, got {index_params!r}")
+    kind = index_params.get("kind", "flat")
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index params {index_params}: unknown kind {kind!r}, expected one of {sorted(INDEX_KINDS)}")
+    defaults = INDEX_KINDS[kind]
+    unknown = sorted(set(index_params) - set(defaults) - {"kind"})
+    if unknown:
+        raise ValueError(
+            f"index params {index_params}: unknown keys {unknown} for kind {kind!r},"
+            f" expected some of {sorted(defaults)}"
+        )
+    params = {"kind": kind, **defaults, **{k: v for k, v in index_params.items() if k != "kind"}}
+    for key in defaults:
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"index params {index_params}: {key} must be a positive int, got {value!r}")
+    if kind == "ivfpq":
+        if dim % params["m"]:
+            raise ValueError(f"index params {index_params}: dim {dim} must be divisible by m={params['m']}")
+        if params["nbits"] > 16:
+            raise ValueError(f"index params {index_params}: nbits must be in 1..16, got {params['nbits']}")
+        if params["nprobe"] > params["nlist"]:
+            raise ValueError(
+                f"index params {index_params}: nprobe={params['nprobe']} exceeds nlist={params['nlist']}"
+            )
+    if kind == "hnsw" and params["M"] < 2:
+        raise ValueError(f"index params {index_params}: M must be at least 2, got {params['M']}")
+    return params
+
+
+@dataclass
+class _Rows:
+    """Id table columns, in ascending label order."""
+
+    ids: list[str]
+    sha256: np.ndarray  # (n, 32) uint8
+    size: np.ndarray  # (n,) int64
+    mtime_ns: np.ndarray  # (n,) int64
+    label: np.ndarray  # (n,) int64, strictly increasing
+
+    @classmethod
+    def empty(cls) -> _Rows:
+        return cls([], np.zeros((0, 32), np.uint8), *(np.zeros(0, np.int64) for _ in range(3)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def concat(cls, parts: Sequence[_Rows]) -> _Rows:
+        return cls(
+            [i for p in parts for i in p.ids],
+            np.concatenate([p.sha256 for p in parts]),
+            np.concatenate([p.size for p in parts]),
+            np.concatenate([p.mtime_ns for p in parts]),
+            np.concatenate([p.label for p in parts]),
+        )
+
+    def take(self, keep: np.ndarray) -> _Rows:
+        ids = [i for i, k in zip(self.ids, keep.tolist()) if k]
+        return _Rows(ids, self.sha256[keep], self.size[keep], self.mtime_ns[keep], self.label[keep])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        blob = "\0".join(self.ids).encode("utf-8")
+        return {
+            "ids": np.frombuffer(blob, np.uint8),
+            "sha256": self.sha256,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_arrays(cls, z, path: str) -> _Rows:
+        label = z["label"].astype(np.int64)
+        ids = z["ids"].tobytes().decode("utf-8").split("\0") if len(label) else []
+        rows = cls(ids, z["sha256"], z["size"].astype(np.int64), z["mtime_ns"].astype(np.int64), label)
+        if not len(ids) == len(rows.sha256) == len(rows.size) == len(rows.mtime_ns) == len(label):
+            raise ValueError(f"{path}: id table columns have different lengths")
+        if len(label) > 1 and not np.all(np.diff(label) > 0):
+            raise ValueError(f"{path}: labels are not strictly increasing")
+        return rows
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _new_faiss_index(dim: int, params: dict) -> faiss.Index:
+    """An empty faiss index for validated `params`, built by faiss's own factory string."""
+    kind = params["kind"]
+    factory = {
+        "flat": "IDMap,Flat",
+        "ivfpq": "IVF{nlist},PQ{m}x{nbits}",
+        "hnsw": "HNSW{M},Flat",
+    }[kind].format(**params)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivfpq":
+        index.do_polysemous_training = False  # only for Hamming-filtered search, which we do not use; slow
+    if kind == "hnsw":
+        index.hnsw.efConstruction = params["efConstruction"]
+    return index
+
+
+def _set_search_params(index: faiss.Index, params: dict) -> None:
+    if params["kind"] == "ivfpq":
+        index.nprobe = params["nprobe"]
+    elif params["kind"] == "hnsw":
+        index.hnsw.efSearch = params["efSearch"]
+
+
+class GalleryIndex:
+    """A directory holding the gallery's vectors, their id table and meta.json; see the module docstring.
+
+    Build one with `create` or `open`. Changes (`add`, `remove`, stat refreshes in `plan_update`) stay
+    in memory until `checkpoint()` or `save()` commits them atomically.
+    """
+
+    def __init__(self, path: str, meta: dict, index: faiss.Index, rows: _Rows):
+        self.path = path
+        self._meta = meta
+        self._index = index
+        self._rows = rows
+        self._chunks: list[_Rows] = []  # rows added since the table was last consolidated
+        self._label_of: dict[str, int] | None = None
+        self._next_label = int(meta["next_label"])
+        self._mark_durable(base_count=len(rows))  # `rows` is the generation's table, before any delta
+        _set_search_params(index, meta["index"])
+
+    def _mark_durable(self, base_count: int | None = None) -> None:
+        """Everything in memory is now what meta.json describes; start tracking changes afresh."""
+        if base_count is not None:
+            self._base_count = base_count
+        self._durable_next_label = self._next_label
+        self._removed: list[np.ndarray] = []  # labels below _durable_next_label removed since
+        self._stat_refresh: dict[int, tuple[int, int]] = {}  # label -> (size, mtime_ns) refreshed since
+        self._pending: list[tuple[np.ndarray, np.ndarray]] | None = []  # (labels, vectors) added since
+
+    # ----------------------------------------------------------------------------------------- open
+
+    @classmethod
+    def create(cls, path: str, dim: int, index_params: dict, pipeline_info: dict) -> GalleryIndex:
+        """Make a new empty index in directory `path` (created if missing) and commit it at once."""
+        params = validate_index_params(index_params, dim)
+        if not isinstance(pipeline_info, dict) or not isinstance(pipeline_info.get(PIPELINE_HASH_KEY), str):
+            raise ValueError(f"pipeline_info must be a dict with a string {PIPELINE_HASH_KEY!r}, got {pipeline_info!r}")
+        try:
+            pipeline_info = json.loads(json.dumps(pipeline_info))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"pipeline_info must be JSON-serialisable: {e}") from None
+        meta_path = os.path.join(path, META_NAME)
+        if os.path.exists(meta_path):
+            raise FileExistsError(f"{meta_path} already exists: open the index to update it, or delete it to rebuild")
+        os.makedirs(path, exist_ok=True)
+        now = _now()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "dim": dim,
+            "index": params,
+            "count": 0,
+            "next_label": 0,
+            "pipeline": pipeline_info,
+            "created": now,
+            "updated": now,
+            "generation": -1,
+            "files": {},
+            "deltas": [],
+        }
+        gallery = cls(path, meta, _new_faiss_index(dim, params), _Rows.empty())
+        gallery.save()
+        return gallery
+
+    @classmethod
+    def open(cls, path: str, pipeline_info: dict | None = None) -> GalleryIndex:
+        """Load the last committed state of the index in `path`.
+
+        With `pipeline_info`, fail unless its config hash is the one the index was built with.
+        """
+        meta_path = os.path.join(path, META_NAME)
+        if not os.path.isfile(meta_path):
+            raise FileNotFoundError(f"{meta_path} not found: {path} is not a tmrjax index (create one first)")
+        for _ in range(3):  # a concurrent writer may delete the files of the meta.json we just read
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+            try:
+                gallery = cls._load(path, meta)
+                break
+            except FileNotFoundError:
+                with open(meta_path, encoding="utf-8") as f:
+                    if json.load(f)["generation"] == meta["generation"]:
+                        raise
+        else:
+            raise RuntimeError(f"{meta_path}: changed under every one of 3 attempts to open it")
+        if pipeline_info is not None:
+            gallery.check_pipeline(pipeline_info)
+        return gallery
+
+    @classmethod
+    def _load(cls, path: str, meta: dict) -> GalleryIndex:
+        meta_path = os.path.join(path, META_NAME)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path}: format_version {meta.get('format_version')!r}, this tmrjax reads {FORMAT_VERSION}"
+            )
+        validate_index_params(meta["index"], meta["dim"])
+
+        def checked(entry: dict) -> str:
+            file = os.path.join(path, entry["name"])
+            size = os.path.getsize(file)
+            if size != entry["bytes"]:
+                raise ValueError(f"{file}: {size} bytes, but {meta_path} recorded {entry['bytes']}")
+            return file
+
+        index_file = checked(meta["files"]["index"])
+        index = faiss.read_index(index_file)
+        table_file = checked(meta["files"]["table"])
+        with np.load(table_file) as z:
+            rows = _Rows.from_arrays(z, table_file)
+        if index.d != meta["dim"] or index.ntotal != len(rows):
+            raise ValueError(
+                f"{index_file}: dim {index.d} with {index.ntotal} vectors, but {table_file} has {len(rows)} rows"
+                f" and {meta_path} says dim {meta['dim']}"
+            )
+        gallery = cls(path, meta, index, rows)
+        for entry in meta["deltas"]:
+            delta_file = checked(entry)
+            with np.load(delta_file) as z:
+                gallery._apply_delta(z, delta_file)
+        if len(gallery) != meta["count"]:
+            raise ValueError(f"{meta_path}: count {meta['count']}, but its files hold {len(gallery)} rows")
+        gallery._next_label = int(meta["next_label"])
+        gallery._mark_durable()
+        return gallery
+
+    def _apply_delta(self, z, path: str) -> None:
+        self._remove_labels(z["removed"].astype(np.int64))
+        rows = self._table()
+        refreshed = np.searchsorted(rows.label, z["refresh_label"])
+        rows.size[refreshed] = z["refresh_size"]
+        rows.mtime_ns[refreshed] = z["refresh_mtime_ns"]
+        added = _Rows.from_arrays(z, path)
+        self._append(added, z["vectors"])
+
+    def check_pipeline(self, pipeline_info: dict) -> None:
+        """Fail unless `pipeline_info` has the config hash this index's vectors were made with."""
+        ours, theirs = self._meta["pipeline"], pipeline_info.get(PIPELINE_HASH_KEY)
+        if ours.get(PIPELINE_HASH_KEY) != theirs:
+            raise ValueError(
+                f"{os.path.join(self.path, META_NAME)}: index was built by pipeline {ours.get('name')!r} with"
+                f" {PIPELINE_HASH_KEY} {ours.get(PIPELINE_HASH_KEY)!r}, but the caller's pipeline"
+                f" {pipeline_info.get('name')!r} has {theirs!r}; vectors of two pipelines must not mix:"
+                " use the matching config, or re-index with --rebuild"
+            )
+
+    # ---------------------------------------------------------------------------------- properties
+
+    def __len__(self) -> int:
+        return len(self._rows) + sum(len(c) for c in self._chunks)
+
+    @property
+    def ids(self) -> list[str]:
+        """Indexed ids (relative paths), in faiss label order."""
+        return list(self._table().ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self._meta["dim"])
+
+    @property
+    def params(self) -> dict:
+        return dict(self._meta["index"])
+
+    @property
+    def pipeline_info(self) -> dict:
+        return json.loads(json.dumps(self._meta["pipeline"]))
+
+    @property
+    def train_size(self) -> int:
+        """Vectors the next `add` must bring at once to train the index (0 once trained or never needed)."""
+        if self._index.is_trained:
+            return 0
+        params = self._meta["index"]
+        return max(params["nlist"], 2 ** params["nbits"])
+
+    def _table(self) -> _Rows:
+        if self._chunks:
+            self._rows = _Rows.concat([self._rows, *self._chunks])
+            self._chunks = []
+        return self._rows
+
+    def _labels_by_id(self) -> dict[str, int]:
+        if self._label_of is None:
+            rows = self._table()
+            self._label_of = dict(zip(rows.ids, rows.label.tolist()))
+        return self._label_of
+
+    # ------------------------------------------------------------------------------------- update
+
+    def plan_update(self, root: str, rel_paths: Sequence[str]) -> tuple[list[str], list[str], int]:
+        """Sort the files `rel_paths` under `root` into (new, changed content, count unchanged).
+
+        A file whose size and mtime match its row is unchanged without reading it; otherwise it is
+        re-hashed and only a different sha256 makes it changed. Unchanged files with a new size/mtime
+        get their row refreshed (kept at the next checkpoint/save) so they are not re-hashed again.
+        Indexed ids missing from `rel_paths` are not reported. An indexed file that can no longer be
+        read (e.g. now a broken link) counts as changed, so that re-embedding it reports why.
+        """
+        label_of = self._labels_by_id()
+        rows = self._table()
+        to_add: list[str] = []
+        changed: list[str] = []
+        unchanged = 0
+        seen: set[str] = set()
+        for rel in rel_paths:
+            if rel in seen:
+                raise ValueError(f"plan_update: {rel!r} is listed twice")
+            seen.add(rel)
+            label = label_of.get(rel)
+            if label is None:
+                to_add.append(rel)
+                continue
+            file = os.path.join(root, rel)
+            pos = int(np.searchsorted(rows.label, label))
+            try:
+                stat = os.stat(file)
+                if stat.st_size == rows.size[pos] and stat.st_mtime_ns == rows.mtime_ns[pos]:
+                    unchanged += 1
+                    continue
+                digest = bytes.fromhex(file_sha256(file))
+            except OSError:
+                changed.append(rel)
+                continue
+            if digest != rows.sha256[pos].tobytes():
+                changed.append(rel)
+                continue
+            unchanged += 1
+            rows.size[pos], rows.mtime_ns[pos] = stat.st_size, stat.st_mtime_ns
+            if label < self._durable_next_label:
+                self._stat_refresh[label] = (stat.st_size, stat.st_mtime_ns)
+        return to_add, changed, unchanged
+
+    def add(
+        self,
+        ids: Sequence[str],
+        sha256s: Sequence[str],
+        sizes: Sequence[int],
+        mtimes: Sequence[int],
+        vectors: np.ndarray,
+    ) -> None:
+        """Index new items: ids (relative paths), hex sha256, size in bytes, mtime_ns, and (n, dim) unit vectors.
+
+        On an untrained ivfpq index the first call trains it and must bring `train_size` vectors.
+        """
+        n = len(ids)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (n, self.dim):
+            raise ValueError(f"add: vectors have shape {vectors.shape}, expected ({n}, {self.dim}) for {n} ids")
+        if not len(sha256s) == len(sizes) == len(mtimes) == n:
+            raise ValueError(
+                f"add: {n} ids but {len(sha256s)} sha256s, {len(sizes)} sizes and {len(mtimes)} mtimes"
+            )
+        if not np.all(np.isfinite(vectors)):
+            raise ValueError("add: vectors contain NaN or inf")
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1) > _NORM_TOLERANCE)
+        if bad.size:
+            raise ValueError(f"add: vectors must be l2-normalised; {ids[bad[0]]!r} has norm {norms[bad[0]]:.4f}")
+        label_of = self._labels_by_id()
+        for i in ids:
+            if not isinstance(i, str) or not i or "\0" in i:
+                raise ValueError(f"add: id must be a non-empty str without NUL, got {i!r}")
+            if i in label_of:
+                raise ValueError(f"add: {i!r} is already indexed; remove() it first")
+        if len(set(ids)) != n:
+            raise ValueError("add: ids contain duplicates")
+        for s in sha256s:
+            if not (isinstance(s, str) and len(s) == 64 and re.fullmatch(r"[0-9a-fA-F]{64}", s)):
+                raise ValueError(f"add: sha256 must be 64 hex characters, got {s!r}")
+        if n == 0:
+            return
+        if not self._index.is_trained:
+            if n < self.train_size:
+                p = self._meta["index"]
+                raise ValueError(
+                    f"add: the first add() to ivfpq index {self.path} trains it and needs at least"
+                    f" {self.train_size} vectors (nlist={p['nlist']}, 2**nbits={2 ** p['nbits']}; faiss advises"
+                    f" ~39x nlist), got {n}: add more vectors at once, lower nlist/nbits, or use kind 'flat'"
+                )
+            self._index.train(vectors)
+        labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
+        rows = _Rows(
+            list(ids),
+            np.frombuffer(bytes.fromhex("".join(sha256s)), np.uint8).reshape(n, 32).copy(),
+            np.array(sizes, np.int64).reshape(n),
+            np.array(mtimes, np.int64).reshape(n),
+            labels,
+        )
+        self._append(rows, vectors)
+        if self._pending is not None:
+            self._pending.append((labels, vectors.copy()))  # callers may reuse their batch buffer
+            if self._delta_rows() > self._base_count:
+                self._pending = None  # the next checkpoint writes a full generation; stop keeping copies
+
+    def _append(self, rows: _Rows, vectors: np.ndarray) -> None:
+        """Add rows (labels above all present) and their vectors to faiss and the table."""
+        if not len(rows):
+            return
+        if self._meta["index"]["kind"] == "hnsw":
+            # HNSW numbers vectors itself; with no removal its numbers are the labels.
+            assert self._index.ntotal == rows.label[0]
+            self._index.add(vectors)
+        else:
+            self._index.add_with_ids(vectors, rows.label)
+        self._chunks.append(rows)
+        if self._label_of is not None:
+            self._label_of.update(zip(rows.ids, rows.label.tolist()))
+        self._next_label = max(self._next_label, int(rows.label[-1]) + 1)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Drop items (e.g. files whose content changed) from the index; not possible for hnsw."""
+        if not len(ids):
+            return
+        if self._meta["index"]["kind"] == "hnsw":
+            raise ValueError(
+                f"{self.path}: cannot remove {len(ids)} items (e.g. {ids[0]!r}): faiss HNSW indexes do not"
+                " support removal; rebuild the index with --rebuild"
+            )
+        label_of = self._labels_by_id()
+        missing = [i for i in ids if i not in label_of]
+        if missing:
+            raise ValueError(f"remove: {len(missing)} ids are not in {self.path}, e.g. {missing[0]!r}")
+        labels = np.unique(np.array([label_of.pop(i) for i in set(ids)], np.int64))
+        self._remove_labels(labels)
+        old = labels[labels < self._durable_next_label]
+        self._removed.append(old)
+        for label in old.tolist():
+            self._stat_refresh.pop(label, None)
+
+    def _remove_labels(self, labels: np.ndarray) -> None:
+        if not labels.size:
+            return
+        removed = self._index.remove_ids(labels)
+        rows = self._table()
+        keep = ~np.isin(rows.label, labels)
+        if removed != labels.size or keep.sum() != len(rows) - labels.size:
+            raise RuntimeError(f"{self.path}: removing {labels.size} labels removed {removed} vectors")
+        self._rows = rows.take(keep)
+
+    # --------------------------------------------------------------------------------------- search
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-k gallery items by inner product for (Q, dim) queries.
+
+        Returns scores (Q, min(k, len)) float32, best first, and the matching ids per query; where faiss
+        finds fewer than k (approximate kinds) the ids list is shorter and the missing scores are -inf.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"search: queries have shape {queries.shape}, expected (Q, {self.dim})")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"search: k must be a positive int, got {k!r}")
+        k = min(int(k), len(self))
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
+        scores, labels = self._index.search(queries, k)
+        rows = self._table()
+        found = labels >= 0
+        positions = np.searchsorted(rows.label, np.where(found, labels, 0))
+        scores = np.where(found, scores, -np.inf).astype(np.float32)
+        ids = [
+            [rows.ids[p] for p, f in zip(pos_row, found_row) if f]
+            for pos_row, found_row in zip(positions.tolist(), found.tolist())
+        ]
+        return scores, ids
+
+    # ----------------------------------------------------------------------------------------- save
+
+    def save(self) -> None:
+        """Commit the current state as a new generation (index + table + meta.json), atomically."""
+        generation = self._meta["generation"] + 1
+        rows = self._table()
+        index_name, table_name = f"index.{generation:06d}.faiss", f"table.{generation:06d}.npz"
+        index_bytes = write_atomic(
+            os.path.join(self.path, index_name),
+            lambda f: faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write)),
+        )
+        table_bytes = write_atomic(os.path.join(self.path, table_name), lambda f: np.savez(f, **rows.arrays()))
+        files = {
+            "index": {"name": index_name, "bytes": index_bytes},
+            "table": {"name": table_name, "bytes": table_bytes},
+        }
+        self._commit(generation=generation, files=files, deltas=[])
+        self._mark_durable(base_count=len(rows))
+
+    def checkpoint(self) -> None:
+        """Make all changes so far durable, cheaply: a delta on top of the last generation, or a new one.
+
+        Called by the indexing loop every N images; after a crash, `open` + `plan_update` resume from here.
+        """
+        if not (self._next_label != self._durable_next_label or self._removed or self._stat_refresh):
+            return
+        if self._pending is None or self._base_count == 0 or self._delta_rows() > self._base_count:
+            self.save()
+            return
+        rows = self._table()
+        added = rows.take(rows.label >= self._durable_next_label)
+        if self._pending:
+            labels = np.concatenate([p[0] for p in self._pending])
+            vectors = np.concatenate([p[1] for p in self._pending])[np.isin(labels, added.label)]
+        else:
+            vectors = np.zeros((0, self.dim), np.float32)
+        assert len(vectors) == len(added), "pending vectors out of step with the id table"
+        refresh = sorted(self._stat_refresh.items())
+        arrays = {
+            **added.arrays(),
+            "vectors": vectors,
+            "removed": np.concatenate([np.zeros(0, np.int64), *self._removed]),
+            "refresh_label": np.array([r[0] for r in refresh], np.int64),
+            "refresh_size": np.array([r[1][0] for r in refresh], np.int64),
+            "refresh_mtime_ns": np.array([r[1][1] for r in refresh], np.int64),
+        }
+        generation = self._meta["generation"]
+        name = f"delta.{generation:06d}.{len(self._meta['deltas']) + 1:06d}.npz"
+        size = write_atomic(os.path.join(self.path, name), lambda f: np.savez(f, **arrays))
+        deltas = [*self._meta["deltas"], {"name": name, "bytes": size, "rows": len(added)}]
+        self._commit(generation=generation, files=self._meta["files"], deltas=deltas)
+        self._mark_durable()
+
+    def _delta_rows(self) -> int:
+        """Rows that deltas on top of the last generation would hold after the next checkpoint."""
+        pending = sum(len(p[0]) for p in self._pending) if self._pending is not None else 0
+        return sum(d["rows"] for d in self._meta["deltas"]) + pending
+
+    def _commit(self, generation: int, files: dict, deltas: list[dict]) -> None:
+        """Point meta.json at `files` + `deltas` (already written), then delete files it does not name."""
+        meta = {
+            **self._meta,
+            "count": len(self),
+            "next_label": self._next_label,
+            "updated": _now(),
+            "generation": generation,
+            "files": files,
+            "deltas": deltas,
+        }
+        fsync_dir(self.path)  # the new files' names are durable before meta.json points at them
+        write_atomic(
+            os.path.join(self.path, META_NAME),
+            lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")),
+        )
+        fsync_dir(self.path)
+        self._meta = meta
+        keep = {files["index"]["name"], files["table"]["name"], *(d["name"] for d in deltas)}
+        for name in os.listdir(self.path):
+            if _OWN_FILE.match(name) and name not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self.path, name))
+
+
+def search_index(
+    path: str, queries: np.ndarray, k: int, pipeline_info: dict | None = None
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Open the index in `path` (checking the pipeline when given) and search it; see `GalleryIndex.search`."""
+    return GalleryIndex.open(path, pipeline_info).search(queries, k)
