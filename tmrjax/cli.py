@@ -79,6 +79,25 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import format_table, run_eval
+
+    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    if args.weights is None:
+        print("note       backbone weights are RANDOMLY INITIALISED (no --weights given): the table measures "
+              "the pipelines on untrained features, not the papers' ImageNet numbers.")
+    rows, report = run_eval(
+        args.dataset, names, args.out, weights=args.weights, max_distractors=args.max_distractors,
+        fit_images=args.fit_images, protocol=args.protocol, data_dir=args.data_dir,
+    )
+    print()
+    print(format_table(rows, args.dataset))
+    print()
+    print(f"results    {args.out}/results.json, {args.out}/results.txt")
+    print(f"report     {report}")
+    return 0
+
+
 def _warn_random(pipeline) -> None:
     if pipeline.backbone["weights"].startswith("random-init"):
         print("note       backbone weights are RANDOMLY INITIALISED (no --weights given): the rankings show "
@@ -145,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=100, help="results per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("eval", help="fit, embed and score pipelines on a benchmark; prints the papers' table")
+    p.add_argument("--dataset", required=True, help="tfds benchmark, e.g. logo_groups/small or metu_trademark")
+    p.add_argument("--pipelines", required=True, help="comma-separated config names, e.g. mac,rmac,mr_rsmac_ura")
+    p.add_argument("--weights", help="converted backbone directory (random initialisation if omitted)")
+    p.add_argument("--max-distractors", type=int, help="evaluate against a seeded subset of the gallery")
+    p.add_argument("--fit-images", type=int, help="gallery marks sampled to fit PCA-w/URA (default: config)")
+    p.add_argument("--protocol", default="metu-official", choices=["metu-official", "hu2024"])
+    p.add_argument("--data-dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--out", default="runs/eval", help="results, cache and report directory")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

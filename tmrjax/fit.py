@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from .data.images import FailureLog, iter_batches, list_images
+from .data.images import Batch, FailureLog, iter_batches, list_images
 from .kernels import idf as idf_kernels
 from .kernels import whitening
 from .pipeline import Artefacts, Pipeline, PipelineError, needs_fit
@@ -50,25 +50,36 @@ class _Reservoir:
         return self.rows[: min(self.seen, len(self.rows))]
 
 
-def sample_paths(root: str | os.PathLike, num_images: int, seed: int) -> list[str]:
-    """`num_images` gallery files (all if fewer), chosen uniformly at random by `seed`."""
-    paths = list_images(root)
-    if not paths:
-        raise PipelineError(f"{root}: no images to fit on ({', '.join(('jpg', 'png', 'gif', 'bmp', 'tiff', 'webp'))})")
-    if len(paths) <= num_images:
-        return paths
+class FolderImages:
+    """The images under a folder as a fitting source: ids are relative paths."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.ids = list_images(self.root)
+
+    def describe(self) -> str:
+        return str(self.root.absolute())
+
+    def batches(self, ids: Sequence[str], sizes: tuple[int, ...], batch_size: int, failures: FailureLog) -> Iterator[Batch]:
+        return iter_batches(ids, self.root, sizes, batch_size, failures=failures)
+
+
+def sample_ids(ids: Sequence[str], num_images: int, seed: int) -> list[str]:
+    """`num_images` of `ids` (all if fewer), chosen uniformly at random by `seed`, in input order."""
+    if len(ids) <= num_images:
+        return list(ids)
     rng = np.random.default_rng(seed)
-    return sorted(paths[i] for i in rng.choice(len(paths), num_images, replace=False))
+    return [ids[i] for i in sorted(rng.choice(len(ids), num_images, replace=False))]
 
 
 def _regional_batches(
-    pipeline: Pipeline, paths: Sequence[str], root: Path, failures: FailureLog, desc: str, progress: bool
+    pipeline: Pipeline, images, ids: Sequence[str], failures: FailureLog, desc: str, progress: bool
 ) -> Iterator[list[np.ndarray]]:
     """Per valid image of each batch, raw regional descriptors of every resolution: list of (B, R, D')."""
     from tqdm.auto import tqdm
 
-    batches = iter_batches(paths, root, pipeline.resolutions, pipeline.config.batch_size, failures=failures)
-    with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress) as bar:
+    batches = images.batches(ids, pipeline.resolutions, pipeline.config.batch_size, failures)
+    with tqdm(total=len(ids), unit="img", desc=desc, disable=not progress) as bar:
         reported = len(failures)
         for batch in batches:
             yield [pipeline.describe_batch(images)[batch.valid] for images in batch.images]
@@ -78,15 +89,17 @@ def _regional_batches(
 
 def fit_pipeline(
     pipeline: Pipeline,
-    root: str | os.PathLike,
+    images,
     out_dir: str | os.PathLike,
     num_images: int | None = None,
     failures: FailureLog | None = None,
     progress: bool = True,
 ) -> Pipeline:
-    """Learn PCA-whitening (and the URA codebook + IDF) on gallery images under `root`.
+    """Learn PCA-whitening (and the URA codebook + IDF) on gallery images.
 
-    Writes `out_dir/pipeline.json` + `artefacts.npz` and returns the fitted pipeline.
+    `images` is a folder (str/Path) or an object with `ids`, `describe()` and
+    `batches(ids, sizes, batch_size, failures)` (e.g. a benchmark's gallery). Writes
+    `out_dir/pipeline.json` + `artefacts.npz` and returns the fitted pipeline.
     """
     import faiss
 
@@ -94,16 +107,19 @@ def fit_pipeline(
     if not needs_fit(config):
         raise PipelineError(f"{config.name}: nothing to fit (no PCA-whitening, no attention)")
     fit = config.fit
-    root = Path(root)
+    if isinstance(images, (str, os.PathLike)):
+        images = FolderImages(images)
+    if not images.ids:
+        raise PipelineError(f"{images.describe()}: no images to fit on")
     failures = failures if failures is not None else FailureLog()
-    paths = sample_paths(root, num_images or fit.num_images, fit.seed)
+    paths = sample_ids(images.ids, num_images or fit.num_images, fit.seed)
     rng = np.random.default_rng(fit.seed)
     started = time.time()
 
     # Pass 1: PCA-whitening from a uniform sample of l2-normalised raw regional descriptors.
     reservoir = _Reservoir(fit.max_descriptors, pipeline.raw_dim, rng)
     images_used = 0
-    for per_resolution in _regional_batches(pipeline, paths, root, failures, "fit: PCA-w", progress):
+    for per_resolution in _regional_batches(pipeline, images, paths, failures, "fit: PCA-w", progress):
         images_used += len(per_resolution[0])
         for descriptors in per_resolution:
             x = np.asarray(descriptors, np.float32).reshape(-1, descriptors.shape[-1])
@@ -113,7 +129,7 @@ def fit_pipeline(
     dim = config.embed.pca_whitening_dim
     if len(sample) < dim + 1:
         raise PipelineError(
-            f"{root}: {len(sample)} regional descriptors from {images_used} images cannot fit "
+            f"{images.describe()}: {len(sample)} regional descriptors from {images_used} images cannot fit "
             f"PCA-whitening to {dim} dims; fit on more images"
         )
     mean, projection = whitening.learn_pca_whitening(jnp.asarray(sample), dim)
@@ -124,13 +140,13 @@ def fit_pipeline(
     if config.embed.attention == "idf":
         k = config.embed.codebook_size
         per_image = []  # float16 (R_total, d) per image: 90 x 256 x 2 bytes = 46 KB each
-        for per_resolution in _regional_batches(pipeline, paths, root, FailureLog(), "fit: URA", progress):
+        for per_resolution in _regional_batches(pipeline, images, paths, FailureLog(), "fit: URA", progress):
             post = np.concatenate([np.asarray(pipeline.postprocess_batch(d)) for d in per_resolution], axis=1)
             per_image.extend(post.astype(np.float16))
         regions = np.stack(per_image)  # (N, R_total, d)
         flat = regions.reshape(-1, dim).astype(np.float32)
         if len(flat) < k:
-            raise PipelineError(f"{root}: {len(flat)} regional descriptors cannot train {k} visual words")
+            raise PipelineError(f"{images.describe()}: {len(flat)} regional descriptors cannot train {k} visual words")
         train = flat[rng.choice(len(flat), min(len(flat), fit.max_descriptors), replace=False)]
         kmeans = faiss.Kmeans(dim, k, niter=fit.kmeans_iterations, seed=fit.seed, verbose=False)
         kmeans.train(np.ascontiguousarray(train))
@@ -147,7 +163,7 @@ def fit_pipeline(
     pipeline.save(
         out_dir,
         data={
-            "root": str(root.absolute()),
+            "images": images.describe(),
             "images_sampled": len(paths),
             "images_used": images_used,
             "images_skipped": len(failures),

@@ -188,9 +188,8 @@ def region_weights(post: jax.Array, arts: Mapping[str, jax.Array]) -> jax.Array:
     return jnp.ones(post.shape[:-1], post.dtype)
 
 
-def _embed_resolution(module, tap: str, embed: ConfigDict, variables, arts, images) -> jax.Array:
-    """Unnormalised sum over one resolution's weighted regions: (B, S, S, 3) -> (B, d)."""
-    features = module.apply(variables, images)[tap]
+def aggregate_resolution(features: jax.Array, embed: ConfigDict, arts: Mapping[str, jax.Array]) -> jax.Array:
+    """One resolution's feature map -> unnormalised sum of its weighted regions, (B, d) (Eq. 2, 4)."""
     post = postprocess(describe(features, embed), arts)
     return jnp.einsum("brd,br->bd", post, region_weights(post, arts))
 
@@ -214,9 +213,10 @@ class Pipeline:
         validate_config(self.config)
         tap, embed = self.config.backbone.tap, self.config.embed
         module = self.module
+        self._features = jax.jit(lambda v, x: module.apply(v, x)[tap])
         self._describe = jax.jit(lambda v, x: describe(module.apply(v, x)[tap], embed))
         self._postprocess = jax.jit(postprocess)
-        self._embed = jax.jit(lambda v, a, x: _embed_resolution(module, tap, embed, v, a, x))
+        self._aggregate = jax.jit(lambda a, f: aggregate_resolution(f, embed, a))
         self._device_arts = {k: jnp.asarray(v) for k, v in (self.artefacts or Artefacts()).arrays().items()}
 
     # -- construction ---------------------------------------------------------------------
@@ -370,18 +370,31 @@ class Pipeline:
     def postprocess_batch(self, descriptors: jax.Array) -> jax.Array:
         return self._postprocess(descriptors, self._device_arts)
 
-    def embed_batch(self, images_per_resolution: Sequence[np.ndarray]) -> np.ndarray:
-        """(B, S, S, 3) uint8 per resolution -> (B, d) float32, l2-normalised (Eq. 3-4)."""
+    @property
+    def backbone_key(self) -> tuple:
+        """Pipelines with equal keys compute identical feature maps (they can share them)."""
+        return (self.backbone["arch"], self.backbone["layout"], self.backbone["weights"], self.config.backbone.tap)
+
+    def features_batch(self, images: np.ndarray) -> jax.Array:
+        """The backbone tap of one resolution's uint8 batch, (B, h, w, C)."""
+        return self._features(self.variables, jnp.asarray(images))
+
+    def embed_features(self, features_per_resolution: Sequence[jax.Array]) -> np.ndarray:
+        """Feature maps (one per resolution) -> (B, d) float32, l2-normalised (Eq. 3-4)."""
         self.check_artefacts()
-        if len(images_per_resolution) != len(self.resolutions):
+        if len(features_per_resolution) != len(self.resolutions):
             raise PipelineError(
-                f"{self.name}: got {len(images_per_resolution)} resolutions, expected {self.resolutions}"
+                f"{self.name}: got {len(features_per_resolution)} resolutions, expected {self.resolutions}"
             )
         total = None
-        for images in images_per_resolution:
-            part = self._embed(self.variables, self._device_arts, jnp.asarray(images))
+        for features in features_per_resolution:
+            part = self._aggregate(self._device_arts, features)
             total = part if total is None else total + part
         return np.asarray(pooling.l2_normalize(total), dtype=np.float32)
+
+    def embed_batch(self, images_per_resolution: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, S, S, 3) uint8 per resolution -> (B, d) float32, l2-normalised (Eq. 3-4)."""
+        return self.embed_features([self.features_batch(images) for images in images_per_resolution])
 
 
 # ----------------------------------------------------------------------------------------

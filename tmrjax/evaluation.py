@@ -1,0 +1,260 @@
+"""Benchmarks and `tmrjax eval`: fit, embed and score pipelines on a labelled dataset.
+
+A benchmark is a tfds dataset with splits ``queries`` (group members, ``group`` >= 0) and
+``gallery`` (distractors, ``group`` = -1): `logo_groups` (built offline from icon sets) or
+`metu_trademark` (manual download). The database is queries + gallery (METU protocol);
+fitting (PCA-w, URA codebook) uses the gallery only, as the papers fit on unlabelled marks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .data.images import Batch, FailureLog, assemble_batches, prepare_multi
+from .metrics import Evaluation, evaluate, group_relevance
+from .pipeline import Pipeline, config_hash, load_config, needs_fit
+
+
+@dataclasses.dataclass
+class Benchmark:
+    """Queries + gallery of a tfds benchmark, read lazily (no TensorFlow)."""
+
+    name: str
+    queries: object  # tfds data source
+    gallery: object
+    gallery_rows: np.ndarray  # which gallery records are used (all, or a seeded subset)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.queries)
+
+    def __len__(self) -> int:
+        return self.num_queries + len(self.gallery_rows)
+
+    def record(self, row: int) -> dict:
+        """Database row -> tfds record (queries first, then the used gallery records)."""
+        if row < self.num_queries:
+            return self.queries[row]
+        return self.gallery[int(self.gallery_rows[row - self.num_queries])]
+
+    def _text(self, row: int, field: str) -> str:
+        value = self.record(row).get(field, b"")
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def id(self, row: int) -> str:
+        return self._text(row, "id")
+
+    @functools.cached_property
+    def groups(self) -> np.ndarray:
+        q = np.array([int(self.queries[i]["group"]) for i in range(self.num_queries)], np.int64)
+        return np.concatenate([q, np.full(len(self.gallery_rows), -1, np.int64)])
+
+    @property
+    def query_rows(self) -> np.ndarray:
+        return np.arange(self.num_queries)
+
+    @property
+    def relevant(self) -> list[np.ndarray]:
+        return group_relevance(self.query_rows, self.groups)
+
+    def image(self, row: int) -> np.ndarray:
+        return np.asarray(self.record(row)["image"], np.uint8)
+
+    def images_at(self, size: int) -> np.ndarray:
+        """Every database image padded to a white square and resized to `size` (uint8 stack)."""
+        return np.stack([prepare_multi(self.image(r), (size,))[0] for r in range(len(self))])
+
+    def batches(self, rows: Sequence[int], sizes: tuple[int, ...], batch_size: int) -> Iterator[Batch]:
+        items = ((str(r), prepare_multi(self.image(int(r)), sizes)) for r in rows)
+        return assemble_batches(items, sizes, batch_size)
+
+
+class GalleryImages:
+    """A benchmark's gallery as a fitting source for `fit_pipeline` (ids = database rows)."""
+
+    def __init__(self, benchmark: Benchmark):
+        self.benchmark = benchmark
+        self.ids = [str(r) for r in range(benchmark.num_queries, len(benchmark))]
+
+    def describe(self) -> str:
+        return f"{self.benchmark.name}:gallery ({len(self.ids)} marks)"
+
+    def batches(self, ids, sizes, batch_size, failures: FailureLog) -> Iterator[Batch]:
+        return self.benchmark.batches([int(i) for i in ids], sizes, batch_size)
+
+
+def load_benchmark(
+    name: str, max_distractors: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0
+) -> Benchmark:
+    """``logo_groups/small``, ``metu_trademark`` ...; `max_distractors` keeps a seeded subset of the gallery."""
+    from .data.tfds_source import open_split
+
+    name = name[len("tfds:"):] if name.startswith("tfds:") else name
+    queries = open_split(f"{name}:queries", data_dir)
+    gallery = open_split(f"{name}:gallery", data_dir)
+    rows = np.arange(len(gallery))
+    if max_distractors is not None and max_distractors < len(gallery):
+        rows = np.sort(np.random.default_rng(seed).choice(len(gallery), max_distractors, replace=False))
+    return Benchmark(name=name, queries=queries, gallery=gallery, gallery_rows=rows)
+
+
+# ----------------------------------------------------------------------------------------
+# Embedding several pipelines with shared backbone passes
+
+
+def embed_benchmark(benchmark: Benchmark, pipelines: Sequence[Pipeline], progress: bool = True) -> list[np.ndarray]:
+    """(N, d) vectors of every database image for each pipeline.
+
+    Pipelines with the same backbone weights and tap share one forward pass per resolution
+    (e.g. R-MAC, R-SMAC and MR-R-SMAC on ResNet50 conv4), so adding a method to the table
+    costs its pooling, not another backbone pass.
+    """
+    from tqdm.auto import tqdm
+
+    out: list[list[np.ndarray]] = [[] for _ in pipelines]
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pipelines):
+        groups.setdefault(p.backbone_key, []).append(i)
+    batch_size = max(p.config.batch_size for p in pipelines)
+    for members in groups.values():
+        sizes = tuple(sorted({r for i in members for r in pipelines[i].resolutions}))
+        lead = pipelines[members[0]]
+        desc = f"embed {'+'.join(pipelines[i].name for i in members)}"
+        with tqdm(total=len(benchmark), unit="img", desc=desc, disable=not progress) as bar:
+            for batch in benchmark.batches(range(len(benchmark)), sizes, batch_size):
+                features = {s: lead.features_batch(images) for s, images in zip(sizes, batch.images)}
+                for i in members:
+                    vectors = pipelines[i].embed_features([features[r] for r in pipelines[i].resolutions])
+                    out[i].append(vectors[batch.valid])
+                bar.update(len(batch.ids))
+    return [np.concatenate(parts) for parts in out]
+
+
+# ----------------------------------------------------------------------------------------
+# tmrjax eval
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the results table."""
+
+    method: str
+    paper_row: str
+    dim: int
+    nar: float
+    map_at_100: float
+    map: float
+    protocol: str
+    weights: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def format_table(rows: Sequence[Row], dataset: str) -> str:
+    """The papers' table: method, DIM, NAR (lower is better), MAP@100 and MAP in %."""
+    protocols = sorted({r.protocol for r in rows})
+    weights = sorted({r.weights for r in rows})
+    lines = [
+        f"{dataset}  (protocol: {', '.join(protocols)}; backbone weights: {', '.join(weights)})",
+        f"{'Method':<22} {'paper row':<20} {'DIM':>5} {'NAR':>7} {'MAP@100':>8} {'MAP':>6}",
+        "-" * 72,
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.method:<22} {r.paper_row:<20} {r.dim:>5} {r.nar:>7.4f} {100 * r.map_at_100:>8.2f} {100 * r.map:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _weights_tag(weights: str | None) -> str:
+    if weights is None:
+        return "random-init"
+    meta_path = Path(weights) / "meta.json"
+    sha = json.loads(meta_path.read_text())["source"].get("sha256") if meta_path.is_file() else None
+    return f"{Path(weights).name}-{(sha or 'nosha')[:8]}"
+
+
+def run_eval(
+    dataset: str,
+    pipeline_names: Sequence[str],
+    out_dir: str | os.PathLike,
+    weights: str | None = None,
+    max_distractors: int | None = None,
+    fit_images: int | None = None,
+    protocol: str = "metu-official",
+    data_dir: str | os.PathLike | None = None,
+    report_queries: int = 8,
+    progress: bool = True,
+    log=print,
+) -> tuple[list[Row], Path]:
+    """Fit what each pipeline needs on the gallery, embed the database, score, report.
+
+    Vectors and fitted artefacts are cached under `out_dir/cache/` per (dataset subset,
+    pipeline config hash, weights), so a second run only evaluates.
+    """
+    from .fit import fit_pipeline
+
+    out = Path(out_dir)
+    benchmark = load_benchmark(dataset, max_distractors=max_distractors, data_dir=data_dir)
+    subset = f"{benchmark.name.replace('/', '_')}-q{benchmark.num_queries}-g{len(benchmark.gallery_rows)}"
+    log(f"dataset    {benchmark.name}: {benchmark.num_queries} queries in "
+        f"{len(set(benchmark.groups[benchmark.groups >= 0]))} groups + {len(benchmark.gallery_rows)} distractors")
+    tag = _weights_tag(weights)
+    pipelines: list[Pipeline] = []
+    vectors: dict[str, np.ndarray] = {}
+    cache_dirs = {}
+    for name in pipeline_names:
+        config = load_config(name)
+        cache = out / "cache" / subset / f"{name}-{config_hash(config)}-{tag}"
+        cache_dirs[name] = cache
+        if (cache / "vectors.npy").is_file():
+            vectors[name] = np.load(cache / "vectors.npy")
+            log(f"cached     {name}: {cache}")
+            pipelines.append(None)  # type: ignore[arg-type]
+            continue
+        pipeline = Pipeline.create(config, weights=weights)
+        if needs_fit(config):
+            if (cache / "pipeline" / "pipeline.json").is_file():
+                pipeline = Pipeline.load(cache / "pipeline", weights=weights)
+            else:
+                started = time.time()
+                pipeline = fit_pipeline(pipeline, GalleryImages(benchmark), cache / "pipeline",
+                                        num_images=fit_images, progress=progress)
+                log(f"fitted     {name} on {min(fit_images or config.fit.num_images, len(benchmark.gallery_rows))} "
+                    f"gallery marks in {time.time() - started:.0f} s")
+        pipelines.append(pipeline)
+    todo = [p for p in pipelines if p is not None]
+    if todo:
+        for pipeline, v in zip(todo, embed_benchmark(benchmark, todo, progress=progress)):
+            cache = cache_dirs[pipeline.name]
+            cache.mkdir(parents=True, exist_ok=True)
+            np.save(cache / "vectors.npy", v)
+            vectors[pipeline.name] = v
+
+    rows: list[Row] = []
+    evaluations: dict[str, Evaluation] = {}
+    for name in pipeline_names:
+        config = load_config(name)
+        result = evaluate(vectors[name], benchmark.query_rows, benchmark.relevant, k=100, protocol=protocol)
+        evaluations[name] = result
+        rows.append(Row(name, config.paper_row, int(vectors[name].shape[1]), result.nar, result.map_at_k,
+                        result.map, result.protocol, tag))
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(rows, benchmark.name)
+    (out / "results.json").write_text(json.dumps(
+        {"dataset": benchmark.name, "subset": subset, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
+    (out / "results.txt").write_text(table + "\n")
+    from .report import write_report
+
+    report = write_report(out / "report", benchmark, {n: vectors[n] for n in pipeline_names}, evaluations,
+                          num_queries=report_queries)
+    return rows, report
