@@ -178,6 +178,6 @@ def load_backbone(
 
 
 def random_variables(arch: str, layout: str, seed: int = 0) -> dict:
-    """Randomly initialised variables (He init, BN identity) for tests and demos."""
+    """Randomly initialised variables (Flax defaults: LeCun-normal convs, identity BN) for tests and demos."""
     module = full_backbone(arch, layout)
     return jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -46,14 +47,17 @@ def fetch(official: OfficialFile, dest_dir: str | os.PathLike, timeout: float = 
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / official.filename
     if dest.is_file():
-        official.verify(dest)
+        try:
+            official.verify(dest)
+        except WeightsError as e:
+            raise WeightsError(f"{e}. Delete {dest} and run the command again.") from None
         return dest
     part = dest.with_suffix(dest.suffix + ".part")
     try:
         with urllib.request.urlopen(official.url, timeout=timeout) as response, open(part, "wb") as f:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 f.write(chunk)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as e:
         part.unlink(missing_ok=True)
         raise WeightsError(
             f"cannot download {official.url} ({e}). Offline? Download it on a connected machine, "

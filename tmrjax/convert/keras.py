@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import h5py
 import numpy as np
