@@ -1,0 +1,363 @@
+"""The hu2024 encoder: ResNet50 + ECA + Coordinate Attention + AWFF + LAFF (+ MoCo v2 head).
+
+Hu & Li 2024, "A Trademark Retrieval Method Based on Self-Supervised Learning", Sec. 3.5, Fig. 2:
+
+- ``ECA`` after each ResNet50 stage (Wang et al. 2020; Eq. 7 gives its kernel size), inline:
+  the re-weighted map is what the next stage sees.
+- ``CoordinateAttention`` at the end of the backbone (Hou et al. 2021; Eq. 8-10).
+- ``AWFF`` (Eq. 11) over groups of three adjacent maps of the sequence
+  ``[conv2, conv3, conv4, conv5, end]`` (``end`` = the CA output, or conv5 when CA is off):
+  ``(conv2, conv3, conv4) -> 256``, ``(conv3, conv4, conv5) -> 512`` and
+  ``(conv4, conv5, end) -> 1024`` channels. The paper says "we input the output features of the
+  four stages ... in groups of three adjacent features in sequence, setting the output feature
+  channel numbers to 256, 512, and 1024", and the fusion network "receives output features from
+  ECA at various stages and the CA module at the end of the backbone network": four stage maps
+  plus the CA output give exactly three windows of three, and each window's output width is
+  the channel count of its reference (largest) map.
+- ``LAFF`` (Hu et al. 2022) with d = 512 over the three average-pooled AWFF outputs: the
+  retrieval feature (512-d; PCA-whitened to 256-d downstream).
+- MoCo v2 projection head (Linear-ReLU-Linear to 128-d) for training only; "we ... remove the
+  Projection Head, which is unnecessary for the evaluation phase".
+
+With every switch off the encoder is the plain ResNet50 + global average pooling of conv5 (the
+"SSL" row of Fig. 6). The trunk is ``params["backbone"]`` / ``batch_stats["backbone"]`` with the
+exact paths of :class:`tmrjax.models.ResNet50`, so converted ImageNet weights go in with
+:func:`init_from_backbone`; the new modules sit beside it (``eca_conv2`` ..., ``coordinate_attention``,
+``awff_256`` ..., ``laff``, ``projection_head``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ..weights import WeightsError
+from .resnet import STAGES, Bottleneck, ResNet50
+
+# Output channels of the three AWFF blocks (Sec. 3.5) and LAFF's hidden size d.
+AWFF_CHANNELS = (256, 512, 1024)
+LAFF_DIM = 512
+BACKBONE = "backbone"
+
+
+def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
+    """ECA's adaptive 1-D kernel size, hu2024 Eq. 7: ``k = |log2(C)/gamma + b/gamma|_odd``.
+
+    The nearest odd number, ties (``t`` an even integer) rounded up, which is ECA-Net's own
+    rule (floor, then +1 if even): 64 -> 3, 128 -> 5, 256/512/1024 -> 5, 2048 -> 7.
+    """
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"eca_kernel_size: channels must be a positive int, got {channels!r}")
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+def global_average_pool(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, C) mean over H and W, accumulated and returned in float32."""
+    return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
+
+
+class ECA(nn.Module):
+    """Efficient Channel Attention (hu2024 Fig. 3, Eq. 7): ``x * sigmoid(conv1d_k(GAP(x)))``.
+
+    The 1-D convolution (no bias, zero padding) runs along the channel axis of the pooled
+    vector; k comes from the channel count. (B, H, W, C) -> (B, H, W, C).
+    """
+
+    gamma: int = 2
+    b: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = eca_kernel_size(x.shape[-1], self.gamma, self.b)
+        y = global_average_pool(x)[..., None]  # (B, C, 1): channels as the 1-D axis
+        y = nn.Conv(1, (k,), padding=(((k - 1) // 2, (k - 1) // 2),), use_bias=False,
+                    dtype=self.dtype, name="conv")(y)
+        weights = nn.sigmoid(y[..., 0])  # (B, C)
+        return x * weights[:, None, None, :].astype(x.dtype)
+
+
+class CoordinateAttention(nn.Module):
+    """Coordinate Attention (Hou et al. 2021; hu2024 Eq. 8-10). (B, H, W, C) -> (B, H, W, C).
+
+    ``z_h`` averages over W (one value per row), ``z_w`` over H; both are concatenated along
+    the spatial axis, squeezed by a shared 1x1 conv to ``max(8, C // reduction)`` channels +
+    BatchNorm + h-swish (Hou et al.'s activation), split, and expanded back to C by two 1x1
+    convs + sigmoid: ``Y = X * a_h * a_w``.
+    """
+
+    reduction: int = 32
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        h, c = x.shape[1], x.shape[3]
+        mip = max(8, c // self.reduction)
+        z_h = jnp.mean(x, axis=2)  # (B, H, C)  Pool_h: C x H x 1
+        z_w = jnp.mean(x, axis=1)  # (B, W, C)  Pool_w: C x 1 x W
+        y = jnp.concatenate([z_h, z_w], axis=1)  # (B, H + W, C)
+        y = nn.Conv(mip, (1,), dtype=self.dtype, name="conv1")(y)
+        y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype, name="bn1")(y)
+        y = nn.hard_swish(y)
+        y_h, y_w = y[:, :h], y[:, h:]
+        a_h = nn.sigmoid(nn.Conv(c, (1,), dtype=self.dtype, name="conv_h")(y_h))  # (B, H, C)
+        a_w = nn.sigmoid(nn.Conv(c, (1,), dtype=self.dtype, name="conv_w")(y_w))  # (B, W, C)
+        return x * a_h[:, :, None, :].astype(x.dtype) * a_w[:, None, :, :].astype(x.dtype)
+
+
+class AWFF(nn.Module):
+    """Adaptive Weighted Feature Fusion, hu2024 Eq. 11: ``O = sum_i softmax(p)_i f'_i``.
+
+    ``maps[0]`` (f1, the largest) is the reference; every map goes through a 1x1 conv to
+    ``out_channels``, is resized to f1's size (bilinear, half-pixel centres: PyTorch's
+    ``align_corners=False``), then BatchNorm + ReLU. The conv runs before the resize, which
+    equals the paper's resize-then-conv exactly (both linear, interpolation weights sum to 1)
+    at a fraction of the cost; BN sees the resized map as in the paper.
+    [(B, H_i, W_i, C_i)] -> (B, H_1, W_1, out_channels).
+    """
+
+    out_channels: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, maps: Sequence[jax.Array], train: bool = False) -> jax.Array:
+        batch, height, width = maps[0].shape[:3]
+        for i, m in enumerate(maps):
+            if m.shape[1] > height or m.shape[2] > width:
+                raise ValueError(
+                    f"AWFF: map {i} is {m.shape[1]}x{m.shape[2]}, larger than the reference "
+                    f"map 0 ({height}x{width}); maps must be ordered from the largest"
+                )
+        p = self.param("p", nn.initializers.zeros, (len(maps),), jnp.float32)
+        weights = jax.nn.softmax(p).astype(self.dtype)
+        out = None
+        for i, m in enumerate(maps):
+            y = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name=f"conv{i + 1}")(m)
+            if y.shape[1:3] != (height, width):
+                y = jax.image.resize(y, (batch, height, width, self.out_channels), "bilinear")
+            y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=self.dtype, name=f"bn{i + 1}")(y)
+            y = weights[i] * nn.relu(y)
+            out = y if out is None else out + y
+        return out
+
+
+class LAFF(nn.Module):
+    """Lightweight Attentional Feature Fusion (Hu et al. 2022; hu2024 Fig. 5). [(B, d_i)] -> (B, d).
+
+    ``f'_i = tanh(W_i f_i + b_i)`` (d-dim each), ``a = softmax_i(w^T f'_i)`` over the k inputs,
+    output ``sum_i a_i f'_i``: LAFF's convex combination, so the fused vector is d-dim. The
+    attention linear has no bias (a bias shared by the k logits cancels in the softmax).
+    """
+
+    d: int = LAFF_DIM
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
+        projected = jnp.stack(
+            [jnp.tanh(nn.Dense(self.d, dtype=self.dtype, name=f"linear{i + 1}")(f))
+             for i, f in enumerate(features)],
+            axis=1,
+        )  # (B, k, d)
+        logits = nn.Dense(1, use_bias=False, dtype=self.dtype, name="attention")(projected)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=1).astype(projected.dtype)
+        return jnp.sum(weights * projected, axis=1)
+
+
+class ProjectionHead(nn.Module):
+    """MoCo v2 projection head: Linear(hidden) - ReLU - Linear(out). (B, D) -> (B, out)."""
+
+    hidden_dim: int
+    out_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
+        return nn.Dense(self.out_dim, dtype=self.dtype, name="fc2")(x)
+
+
+class ResNet50Trunk(nn.Module):
+    """ResNet50 run stage by stage, with :class:`ResNet50`'s exact variable paths.
+
+    The stem is the lead's ``ResNet50`` cut at its ``conv1`` tap (preprocessing included),
+    sharing this module's scope so its ``conv1``/``bn1`` sit beside ``conv2_block1`` ... .
+    """
+
+    layout: str = "torchvision"
+    dtype: Any = jnp.float32
+    blocks_per_stage: Sequence[int] = (3, 4, 6, 3)  # ResNet50; smaller for CPU experiments
+    width: int = 64
+
+    def setup(self) -> None:
+        self.stem_net = ResNet50(
+            layout=self.layout, taps=("conv1",), dtype=self.dtype,
+            blocks_per_stage=self.blocks_per_stage, width=self.width,
+        )
+        nn.share_scope(self, self.stem_net)
+        for (name, width, _, stride), blocks in zip(STAGES, self.blocks_per_stage):
+            for block in range(blocks):
+                setattr(self, f"{name}_block{block + 1}", Bottleneck(
+                    width=width * self.width // 64,
+                    strides=stride if block == 0 else 1,
+                    layout=self.layout,
+                    project_shortcut=block == 0,
+                    dtype=self.dtype,
+                ))
+
+    def stem(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """RGB [0, 255] images -> the stride-4 input of conv2 (after the 3x3/2 max pool)."""
+        x = self.stem_net(images, train=train)["conv1"]
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def stage(self, index: int, x: jax.Array, train: bool = False) -> jax.Array:
+        """Stage ``index`` (0 = conv2 ... 3 = conv5)."""
+        name = STAGES[index][0]
+        for block in range(self.blocks_per_stage[index]):
+            x = getattr(self, f"{name}_block{block + 1}")(x, train=train)
+        return x
+
+
+class Hu2024Encoder(nn.Module):
+    """hu2024's encoder with the switches of its ablation (Fig. 6); defaults = the full model.
+
+    ``__call__(images, train, project)``: RGB [0, 255] images (B, H, W, 3) -> the retrieval
+    feature (B, feature_dim) float32; with ``project=True``, ``(feature, projection)`` where
+    the projection is (B, projection_dim) float32. Initialise with ``project=True`` so the head
+    has parameters. Feature: GAP of the end map (2048) without AWFF; the three pooled AWFF
+    outputs concatenated (1792) with AWFF but not LAFF; LAFF's d = 512 with both.
+    """
+
+    eca: bool = True
+    coordinate_attention: bool = True
+    awff: bool = True
+    laff: bool = True
+    projection_dim: int = 128  # 0: no projection head
+    layout: str = "torchvision"
+    dtype: Any = jnp.float32
+    # ResNet50 trunk by default; a narrower/shallower member of the family scales the AWFF
+    # channels and LAFF's d by width / 64 (for CPU experiments; ImageNet weights need the default).
+    blocks_per_stage: Sequence[int] = (3, 4, 6, 3)
+    width: int = 64
+
+    @property
+    def awff_channels(self) -> tuple[int, ...]:
+        return tuple(c * self.width // 64 for c in AWFF_CHANNELS)
+
+    @property
+    def laff_dim(self) -> int:
+        return LAFF_DIM * self.width // 64
+
+    def _check_config(self) -> None:
+        if self.laff and not self.awff:
+            raise ValueError(
+                "Hu2024Encoder: laff=True needs awff=True (LAFF fuses the AWFF branches, "
+                "hu2024 Sec. 3.5)"
+            )
+        if self.projection_dim < 0:
+            raise ValueError(f"Hu2024Encoder: projection_dim must be >= 0, got {self.projection_dim}")
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of the retrieval feature (before the projection head)."""
+        self._check_config()
+        if self.laff:
+            return self.laff_dim
+        if self.awff:
+            return sum(self.awff_channels)
+        return 4 * STAGES[-1][1] * self.width // 64
+
+    @nn.compact
+    def __call__(
+        self, images: jax.Array, train: bool = False, project: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        self._check_config()
+        if project and not self.projection_dim:
+            raise ValueError("Hu2024Encoder: project=True but projection_dim=0 (no head)")
+        trunk = ResNet50Trunk(
+            layout=self.layout, dtype=self.dtype, blocks_per_stage=tuple(self.blocks_per_stage),
+            width=self.width, name=BACKBONE,
+        )
+        x = trunk.stem(images, train=train)
+        maps = []
+        for index, (name, *_) in enumerate(STAGES):
+            x = trunk.stage(index, x, train=train)
+            if self.eca:
+                x = ECA(dtype=self.dtype, name=f"eca_{name}")(x)
+            maps.append(x)
+        end = x
+        if self.coordinate_attention:
+            end = CoordinateAttention(dtype=self.dtype, name="coordinate_attention")(x, train=train)
+
+        if self.awff:
+            sequence = maps + [end]
+            vectors = [
+                global_average_pool(
+                    AWFF(channels, dtype=self.dtype, name=f"awff_{channels}")(
+                        sequence[i:i + 3], train=train)
+                )
+                for i, channels in enumerate(self.awff_channels)
+            ]
+            if self.laff:
+                feature = LAFF(self.laff_dim, dtype=self.dtype, name="laff")(vectors)
+            else:
+                feature = jnp.concatenate(vectors, axis=-1)
+        else:
+            feature = global_average_pool(end)
+        feature = feature.astype(jnp.float32)
+        if not project:
+            return feature
+        head = ProjectionHead(self.feature_dim, self.projection_dim, dtype=self.dtype,
+                              name="projection_head")
+        return feature, head(feature).astype(jnp.float32)
+
+
+def _flatten(tree: Mapping) -> dict[tuple[str, ...], Any]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {tuple(k.key for k in path): leaf for path, leaf in flat}
+
+
+def init_from_backbone(backbone_variables: Mapping, variables: Mapping) -> dict:
+    """``variables`` (a Hu2024Encoder's) with its trunk replaced by ResNet50 ``backbone_variables``.
+
+    ``backbone_variables`` is what ``tmrjax.load_backbone`` (or ``ResNet50.init``) returns for a
+    resnet50 of the encoder's layout; every one of its arrays must land on an encoder trunk
+    array of the same shape and every trunk array must be covered, else WeightsError names the
+    keys. New modules (ECA, CA, AWFF, LAFF, head) keep their values; arrays take the encoder's
+    dtypes.
+    """
+    source = _flatten(backbone_variables)
+    target = _flatten(variables)
+    trunk = {k: v for k, v in target.items() if len(k) > 1 and k[1] == BACKBONE}
+    wanted = {(k[0],) + k[2:]: k for k in trunk}
+    missing = sorted("/".join(k) for k in wanted if k not in source)
+    unexpected = sorted("/".join(k) for k in source if k not in wanted)
+    mismatched = [
+        f"{'/'.join(k)}: encoder has {tuple(trunk[wanted[k]].shape)}, backbone has {tuple(np.shape(v))}"
+        for k, v in source.items()
+        if k in wanted and tuple(np.shape(v)) != tuple(trunk[wanted[k]].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing in backbone ({len(missing)}): " + ", ".join(missing))
+    if unexpected:
+        problems.append(f"not in the encoder trunk ({len(unexpected)}): " + ", ".join(unexpected))
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise WeightsError("init_from_backbone: backbone variables do not fit the Hu2024Encoder "
+                           "trunk: " + " | ".join(problems))
+    flat = dict(target)
+    for key, dest in wanted.items():
+        flat[dest] = jnp.asarray(source[key], dtype=trunk[dest].dtype)
+    return traverse_util.unflatten_dict(flat)
