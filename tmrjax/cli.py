@@ -98,6 +98,39 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import ast
+    import shlex
+
+    from .pipeline import load_config
+    from .train.trainer import TrainingDiverged, export_encoder, train
+
+    config = load_config(args.config)
+    for override in args.set or []:
+        key, _, value = override.partition("=")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = parsed
+    try:
+        result = train(config, args.workdir, resume=args.resume, max_steps=args.max_steps,
+                       distributed=args.distributed)
+    except TrainingDiverged as e:
+        print(f"tmrjax train: stopped: {e}", file=sys.stderr)
+        return 3
+    if args.export:
+        state = result.state
+        command = "tmrjax " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        print(f"exported   {export_encoder(state, config, args.export, command)}")
+    print(f"done       {result.steps} steps in {args.workdir}")
+    return 0
+
+
 def _warn_random(pipeline) -> None:
     if pipeline.backbone["weights"].startswith("random-init"):
         print("note       backbone weights are RANDOMLY INITIALISED (no --weights given): the rankings show "
@@ -175,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--out", default="runs/eval", help="results, cache and report directory")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="self-supervised MoCo training (hu2024), data-parallel over all devices")
+    p.add_argument("--config", default="moco_hu2024", help="training config name or .py path")
+    p.add_argument("--workdir", required=True, help="checkpoints, log.jsonl, eval.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in workdir")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (schedule unchanged)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. batch_size=128")
+    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+    p.add_argument("--export", help="after training, write the encoder (bfloat16) + meta.json here")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

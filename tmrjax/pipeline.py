@@ -69,10 +69,12 @@ def load_config(name_or_path: str) -> ConfigDict:
 
 
 def available_configs() -> list[str]:
+    """Names of the retrieval (embedding) configs in tmrjax/configs; training recipes excluded."""
     from . import configs
 
     folder = Path(configs.__file__).parent
-    return sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common"))
+    names = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common"))
+    return [n for n in names if "embed" in load_config(n)]
 
 
 def config_hash(config: ConfigDict) -> str:

@@ -1,0 +1,273 @@
+"""The MoCo training run: devices, data, checkpoints, logs, evaluation (`tmrjax train`).
+
+Runs data-parallel over every device JAX sees: GPUs/TPUs, or CPU devices forced with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``. Multi-host: call with
+``distributed=True`` (``jax.distributed.initialize()``); each process loads its own slice of
+every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
+
+from .. import __version__
+from ..models.hu2024 import Hu2024Encoder, init_from_backbone
+from . import moco
+from .data import BatchLoader, open_source
+from .optim import came, decay_mask, warmup_cosine_restarts
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the run stops and names the step and the last good checkpoint."""
+
+
+def build_encoder(config: ConfigDict) -> Hu2024Encoder:
+    m = config.model
+    return Hu2024Encoder(
+        eca=m.eca,
+        coordinate_attention=m.coordinate_attention,
+        awff=m.awff,
+        laff=m.laff,
+        projection_dim=m.projection_dim,
+        layout=m.layout,
+        blocks_per_stage=tuple(m.blocks_per_stage),
+        width=m.width,
+        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+    )
+
+
+def build_optimizer(config: ConfigDict, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Any]:
+    o = config.optim
+    total = config.epochs * steps_per_epoch
+    schedule = warmup_cosine_restarts(
+        peak_value=o.learning_rate,
+        warmup_steps=o.warmup_epochs * steps_per_epoch,
+        cycle_steps=o.cycle_epochs * steps_per_epoch,
+        total_steps=total,
+        restart_decay=o.restart_decay,
+    )
+    # No weight decay on BatchNorm scales/biases and conv/linear biases (ndim < 2).
+    tx = came(schedule, weight_decay=o.weight_decay, mask=decay_mask)
+    return tx, schedule
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    return jax.make_mesh((jax.device_count(),), (moco.AXIS,), axis_types=(AxisType.Auto,))
+
+
+def _checkpoint_manager(workdir: Path, config: ConfigDict):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+@dataclasses.dataclass
+class RunResult:
+    workdir: Path
+    steps: int
+    history: list[dict]
+    evaluations: list[dict]
+    state: moco.TrainState
+
+
+def train(
+    config: ConfigDict,
+    workdir: str | os.PathLike,
+    resume: bool = False,
+    max_steps: int | None = None,
+    distributed: bool = False,
+    log=print,
+) -> RunResult:
+    """Train (or resume) a MoCo encoder; returns the logged history.
+
+    `max_steps` stops early (the schedule still spans `config.epochs`), e.g. to simulate a
+    kill in tests.
+    """
+    import orbax.checkpoint as ocp
+
+    if distributed:
+        jax.distributed.initialize()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+
+    mesh = make_mesh()
+    global_batch = config.batch_size
+    if global_batch % jax.device_count():
+        raise ValueError(f"batch_size={global_batch} not divisible by {jax.device_count()} devices")
+    moco.check_queue(config, global_batch)
+
+    source = open_source(config.data.source, config.data.image_size)
+    steps_per_epoch = len(source) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{config.data.source}: {len(source)} images < one global batch of {global_batch}")
+    total_steps = config.epochs * steps_per_epoch
+    encoder = build_encoder(config)
+    tx, schedule = build_optimizer(config, steps_per_epoch)
+    rng = jax.random.key(config.seed)
+
+    variables = None
+    if config.init_weights:
+        from ..weights import load_backbone
+
+        _, backbone_vars, meta = load_backbone(config.init_weights, arch="resnet50", layout=config.model.layout)
+        size = config.augment.output_size
+        fresh = encoder.init(jax.random.fold_in(rng, 1), jnp.zeros((2, size, size, 3)), train=False, project=True)
+        variables = init_from_backbone(backbone_vars, fresh)
+        log(f"init       ResNet50 trunk from {config.init_weights} ({meta['source'].get('file')})")
+    state = moco.create_state(encoder, tx, config, jax.random.fold_in(rng, 2), variables)
+
+    manager = _checkpoint_manager(workdir, config)
+    start = 0
+    if resume and manager.latest_step() is not None:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+        start = int(state.step)
+        log(f"resume     from step {start} ({workdir / 'checkpoints'})")
+    elif manager.latest_step() is not None:
+        raise ValueError(f"{workdir}: has checkpoints; pass resume=True (--resume) or use a new workdir")
+
+    replicated = NamedSharding(mesh, P())
+    sharded = NamedSharding(mesh, P(moco.AXIS))
+    # Distinct buffers per leaf (the optimiser state shares constants), so the step can donate them.
+    state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), state), replicated)
+    step_fn = moco.make_train_step(encoder, tx, config, mesh)
+    step_rng = jax.random.fold_in(rng, 3)
+
+    loader = BatchLoader(
+        source, global_batch, config.seed, jax.process_index(), jax.process_count(),
+        workers=config.data.workers,
+    )
+    evaluator = _Evaluator(config, encoder, log) if config.eval.every_steps else None
+    history: list[dict] = []
+    evaluations: list[dict] = []
+    log_path = workdir / "log.jsonl"
+    end = min(total_steps, max_steps) if max_steps else total_steps
+    last_good = manager.latest_step()
+    pending_terms = None
+    window_start, window_images = time.time(), 0
+    log(f"train      {config.name}: {len(source)} images, {steps_per_epoch} steps/epoch, "
+        f"{total_steps} steps, global batch {global_batch} on {jax.device_count()} {jax.default_backend()} device(s)")
+
+    def finish_step(step: int, terms) -> None:
+        nonlocal window_start, window_images, last_good
+        values = {k: float(v) for k, v in jax.device_get(terms).items()}
+        window_images += global_batch
+        if not all(math.isfinite(v) for v in values.values()):
+            raise TrainingDiverged(
+                f"non-finite loss at step {step} ({values}); last good checkpoint: "
+                f"{'step ' + str(last_good) + ' in ' + str(workdir / 'checkpoints') if last_good is not None else 'none'}"
+            )
+        if (step + 1) % config.log_every_steps == 0 or step + 1 == end:
+            elapsed = time.time() - window_start
+            record = dict(
+                step=step + 1, epoch=(step + 1) / steps_per_epoch, lr=float(schedule(step)),
+                images_per_s_per_device=window_images / max(elapsed, 1e-9) / jax.device_count(), **values,
+            )
+            history.append(record)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log("step {step:6d}  loss {loss:.4f}  lr {lr:.2e}  {images_per_s_per_device:.1f} img/s/dev".format(**record)
+                + "".join(f"  {k} {v:.4f}" for k, v in values.items() if k != "loss"))
+            window_start, window_images = time.time(), 0
+
+    try:
+        for step, local_images in loader.iterate(start, end):
+            images = jax.make_array_from_process_local_data(sharded, local_images)
+            state, terms = step_fn(state, images, step_rng)
+            if pending_terms is not None:  # check the previous step while this one runs
+                finish_step(*pending_terms)
+            pending_terms = (step, terms)
+            done = step + 1
+            if done % config.checkpoint_every_steps == 0 or done == end:
+                finish_step(*pending_terms)
+                pending_terms = None
+                manager.save(done, args=ocp.args.StandardSave(state))
+                manager.wait_until_finished()
+                last_good = done
+            if evaluator and (done % config.eval.every_steps == 0 or done == end):
+                result = evaluator(state, done)
+                evaluations.append(result)
+                with open(workdir / "eval.jsonl", "a") as f:
+                    f.write(json.dumps(result) + "\n")
+        if pending_terms is not None:
+            finish_step(*pending_terms)
+    finally:
+        loader.close()
+        manager.wait_until_finished()
+        manager.close()
+        if len(loader.failures):
+            loader.failures.print_summary()
+            loader.failures.write_json(workdir / "skipped_images.json")
+    return RunResult(workdir, end, history, evaluations, jax.device_get(state))
+
+
+class _Evaluator:
+    """Retrieval quality of the current encoder on a labelled benchmark (logo_groups/small)."""
+
+    def __init__(self, config: ConfigDict, encoder, log):
+        from ..evaluation import load_benchmark
+
+        self.config = config
+        self.encoder = encoder
+        self.log = log
+        self.benchmark = load_benchmark(config.eval.dataset, max_distractors=config.eval.max_distractors)
+        size = config.augment.output_size
+        self.images = self.benchmark.images_at(size)
+        self._encode = jax.jit(lambda v, x: moco.encode(encoder, v, x))
+
+    def __call__(self, state: moco.TrainState, step: int) -> dict:
+        from ..metrics import evaluate
+
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        batch = self.config.eval.batch_size
+        parts = []
+        for i in range(0, len(self.images), batch):
+            chunk = self.images[i : i + batch]
+            padded = np.concatenate([chunk, np.full((batch - len(chunk),) + chunk.shape[1:], 255, np.uint8)])
+            parts.append(np.asarray(self._encode(variables, jnp.asarray(padded)))[: len(chunk)])
+        vectors = np.concatenate(parts)
+        result = evaluate(vectors, self.benchmark.query_rows, self.benchmark.relevant, k=100)
+        record = {"step": step, "dataset": self.config.eval.dataset, "protocol": result.protocol,
+                  "NAR": result.nar, "MAP@100": result.map_at_k, "MAP": result.map}
+        self.log(f"eval  {step:6d}  {self.config.eval.dataset}: NAR {result.nar:.4f}  "
+                 f"MAP@100 {100 * result.map_at_k:.2f}  MAP {100 * result.map:.2f}  ({result.protocol})")
+        return record
+
+
+def export_encoder(state: moco.TrainState, config: ConfigDict, out_dir: str | os.PathLike, command: str) -> Path:
+    """Write the query encoder (projection head kept, unused at retrieval) as bfloat16 + meta.json."""
+    import orbax.checkpoint as ocp
+
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = jax.tree.map(lambda x: np.asarray(x, dtype=jnp.bfloat16), jax.device_get(variables))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(out / "variables", variables, force=True)
+    meta = {
+        "format": "tmrjax-encoder/1",
+        "arch": "hu2024-resnet50",
+        "model": config.model.to_dict(),
+        "trained_with": config.name,
+        "steps": int(state.step),
+        "command": command,
+        "tmrjax_version": __version__,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
+    return out
