@@ -15,7 +15,7 @@ import pytest
 from tmrjax import index as index_mod
 from tmrjax.index import GalleryIndex, search_index
 
-PIPELINE = {"name": "rmac-test", "config_hash": "c0ffee", "weights": "none"}
+PIPELINE = {"name": "rmac-test", "vectors_hash": "c0ffee", "weights": "none"}
 IVFPQ = {"kind": "ivfpq", "nlist": 16, "m": 32, "nbits": 8, "nprobe": 16}
 HNSW = {"kind": "hnsw", "M": 16, "efConstruction": 100, "efSearch": 64}
 KINDS = {"flat": {"kind": "flat"}, "ivfpq": IVFPQ, "hnsw": HNSW}
@@ -329,7 +329,7 @@ def test_checkpoint_keeps_its_own_copy_of_added_vectors(tmp_path):
 def test_open_with_a_different_pipeline_hash_fails(tmp_path):
     path = str(tmp_path / "idx")
     GalleryIndex.create(path, 16, {"kind": "flat"}, PIPELINE)
-    other = {**PIPELINE, "config_hash": "deadbeef"}
+    other = {**PIPELINE, "vectors_hash": "deadbeef"}
     with pytest.raises(ValueError, match="c0ffee.*deadbeef.*must not mix"):
         GalleryIndex.open(path, other)
     with pytest.raises(ValueError, match="must not mix"):
@@ -357,7 +357,7 @@ def test_bad_index_params_raise_clear_errors(tmp_path, params, message):
 
 
 def test_bad_pipeline_info_raises(tmp_path):
-    with pytest.raises(ValueError, match="config_hash"):
+    with pytest.raises(ValueError, match="vectors_hash"):
         GalleryIndex.create(str(tmp_path / "idx"), 16, {"kind": "flat"}, {"name": "x"})
 
 

@@ -98,6 +98,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .evaluation import export_benchmark, load_benchmark
+
+    benchmark = load_benchmark(args.dataset, max_distractors=args.max_distractors, data_dir=args.data_dir)
+    out = export_benchmark(benchmark, args.out)
+    print(f"exported   {len(benchmark)} marks of {args.dataset} to {out}/queries and {out}/gallery")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import ast
     import shlex
@@ -159,6 +168,13 @@ def describe_backbone(meta: dict, variables: dict, path: Path | str) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tmrjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="rank the indexed marks for query images")
     p.add_argument("index", help="index directory from `tmrjax index`")
     p.add_argument("queries", nargs="+", help="query image file(s)")
-    p.add_argument("-k", type=int, default=100, help="results per query")
+    p.add_argument("-k", type=_positive_int, default=100, help="results per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_search)
 
@@ -208,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--out", default="runs/eval", help="results, cache and report directory")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="write a benchmark's queries + gallery as PNG files (a folder to index)")
+    p.add_argument("--dataset", required=True, help="tfds benchmark, e.g. logo_groups/small")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-distractors", type=int, help="a seeded subset of the gallery (as in eval)")
+    p.add_argument("--data-dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="self-supervised MoCo training (hu2024), data-parallel over all devices")
     p.add_argument("--config", default="moco_hu2024", help="training config name or .py path")
@@ -229,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (WeightsError, PipelineError, ImageError, FileNotFoundError, NotADirectoryError) as e:
+    except (WeightsError, PipelineError, ImageError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"tmrjax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -106,6 +106,21 @@ def load_benchmark(
     return Benchmark(name=name, queries=queries, gallery=gallery, gallery_rows=rows)
 
 
+def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:
+    """Write the database as PNG files: queries/GROUP-ID.png and gallery/ID.png (a folder to index)."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    for row in range(len(benchmark)):
+        group = int(benchmark.groups[row])
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in benchmark.id(row))
+        path = out / ("queries" if group >= 0 else "gallery") / (f"{group:03d}-{safe}.png" if group >= 0 else f"{safe}.png")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(benchmark.image(row)).save(path)
+    return out
+
+
 # ----------------------------------------------------------------------------------------
 # Embedding several pipelines with shared backbone passes
 

@@ -139,10 +139,12 @@ def fit_pipeline(
     # Pass 2 (URA): codebook of post-processed regions, IDF over images as documents.
     if config.embed.attention == "idf":
         k = config.embed.codebook_size
-        per_image = []  # float16 (R_total, d) per image: 90 x 256 x 2 bytes = 46 KB each
+        # float32 (R_total, d) per image, 90 x 256 x 4 bytes = 92 KB (2.8 GB for 30,000 marks):
+        # words are assigned on exactly the values embedding will see.
+        per_image = []
         for per_resolution in _regional_batches(pipeline, images, paths, FailureLog(), "fit: URA", progress):
             post = np.concatenate([np.asarray(pipeline.postprocess_batch(d)) for d in per_resolution], axis=1)
-            per_image.extend(post.astype(np.float16))
+            per_image.extend(post.astype(np.float32))
         regions = np.stack(per_image)  # (N, R_total, d)
         flat = regions.reshape(-1, dim).astype(np.float32)
         if len(flat) < k:

@@ -39,12 +39,14 @@ class IndexReport:
     added: int
     replaced: int
     unchanged: int
+    removed: int
     failures: FailureLog
 
     def summary(self) -> str:
         lines = [
             f"index {self.path}: {self.total} marks ({self.added} added, {self.replaced} re-embedded "
-            f"after a content change, {self.unchanged} unchanged, {len(self.failures)} skipped)"
+            f"after a content change, {self.unchanged} unchanged, {self.removed} removed as deleted, "
+            f"{len(self.failures)} skipped)"
         ]
         if len(self.failures):
             lines.append(self.failures.summary())
@@ -79,8 +81,9 @@ def index_folder(
 
     paths = list_images(root)
     to_add, changed, unchanged = index.plan_update(str(root), paths)
-    if changed:
-        index.remove(changed)
+    deleted = sorted(set(index.ids) - set(paths))  # files gone from the folder leave the index
+    if changed or deleted:
+        index.remove(changed + deleted)
     todo = sorted(to_add + changed)
     failures = FailureLog()
     pending: list[tuple[list[str], np.ndarray]] = []  # held back until an IVF-PQ index can train
@@ -113,7 +116,7 @@ def index_folder(
     failed = {path for path, _ in failures.failures}
     added = sum(p not in failed for p in to_add)
     replaced = sum(p not in failed for p in changed)
-    return IndexReport(out, len(index), added, replaced, unchanged, failures)
+    return IndexReport(out, len(index), added, replaced, unchanged, len(deleted), failures)
 
 
 def _drop_empty(ids: list[str], vectors: np.ndarray, failures: FailureLog) -> tuple[list[str], np.ndarray]:
@@ -153,10 +156,12 @@ def search_images(
 def pipeline_of_index(index: GalleryIndex) -> Pipeline:
     """Rebuild the pipeline an index was made with, from what its meta.json recorded."""
     info = index.pipeline_info
-    source = info.get("path") or info["name"]
     weights = info["backbone"].get("weights")
     if weights is not None and weights.startswith("random-init"):
         weights = None
-    pipeline = Pipeline.load(source, weights=weights)
+    if info.get("path"):
+        pipeline = Pipeline.load(info["path"], weights=weights)
+    else:  # an unfitted config: rebuilt from the copy the index keeps
+        pipeline = Pipeline.create(ConfigDict(info["config"]), weights=weights)
     index.check_pipeline(pipeline.info())
     return pipeline

@@ -44,7 +44,7 @@ faiss.cvar.distance_compute_blas_threshold = 20
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
 # The key of the pipeline description whose value must match between an index and its caller.
-PIPELINE_HASH_KEY = "config_hash"
+PIPELINE_HASH_KEY = "vectors_hash"
 # Index kind -> its parameters and their defaults.
 INDEX_KINDS: dict[str, dict[str, int]] = {
     "flat": {},

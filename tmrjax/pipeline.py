@@ -166,6 +166,15 @@ class Artefacts:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def digest(self) -> str:
+        """sha256 of the arrays (names, shapes, dtypes, bytes): which fit these are."""
+        h = hashlib.sha256()
+        for name, value in sorted(self.arrays().items()):
+            value = np.ascontiguousarray(value)
+            h.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
+            h.update(value.tobytes())
+        return h.hexdigest()
+
     def save(self, path: Path) -> None:
         write_atomic(path, lambda f: np.savez(f, **self.arrays()))
 
@@ -254,18 +263,17 @@ class Pipeline:
         if not (path / "pipeline.json").is_file():
             if path.is_dir():
                 raise PipelineError(f"{path}: no pipeline.json; not a fitted pipeline (see `tmrjax fit`)")
-            pipe = cls.create(str(pipeline), weights=weights)
-            if needs_fit(pipe.config):
+            config = load_config(str(pipeline))
+            if needs_fit(config):
                 raise PipelineError(
-                    f"pipeline {pipe.config.name!r} needs fitted PCA-whitening/codebook: "
-                    f"run `tmrjax fit IMAGES --pipeline {pipe.config.name} --out DIR` and pass DIR"
+                    f"pipeline {config.name!r} needs fitted PCA-whitening/codebook: "
+                    f"run `tmrjax fit IMAGES --pipeline {pipeline} --out DIR` and pass DIR"
                 )
-            return pipe
+            return cls.create(config, weights=weights)
         info = json.loads((path / "pipeline.json").read_text())
         if info.get("format") != PIPELINE_FORMAT:
             raise PipelineError(f"{path / 'pipeline.json'}: format {info.get('format')!r}, expected {PIPELINE_FORMAT!r}")
         config = ConfigDict(info["config"])
-        config.embed.resolutions = tuple(config.embed.resolutions)
         if config_hash(config) != info["config_hash"]:
             raise PipelineError(f"{path}: pipeline.json's config does not match its recorded hash")
         weights_path = weights if weights is not None else info["backbone"].get("weights")
@@ -278,6 +286,11 @@ class Pipeline:
                 f"but {pipe.backbone} were given"
             )
         pipe.artefacts = Artefacts.load(path / "artefacts.npz")
+        if pipe.artefacts.digest() != info.get("artefacts_sha256"):
+            raise PipelineError(
+                f"{path / 'artefacts.npz'}: does not match the fit recorded in pipeline.json "
+                "(artefacts of another fit?); run `tmrjax fit` again"
+            )
         pipe.path = path
         pipe.__post_init__()
         pipe.check_artefacts()
@@ -295,6 +308,7 @@ class Pipeline:
             "config_hash": config_hash(self.config),
             "config": json.loads(self.config.to_json()),
             "backbone": self.backbone,
+            "artefacts_sha256": (self.artefacts or Artefacts()).digest(),
             "data": dict(data),
             "dim": self.dim,
             "tmrjax_version": __version__,
@@ -336,12 +350,23 @@ class Pipeline:
         )
 
     def info(self) -> dict:
-        """What identifies the vectors this pipeline makes (stored with indexes)."""
+        """What identifies the vectors this pipeline makes (stored with indexes).
+
+        `vectors_hash` covers the config, the fitted artefacts and the backbone weights: two
+        pipelines with equal hashes embed every image identically. `config` lets an index
+        made with an unfitted config file be searched without that file.
+        """
+        artefacts = (self.artefacts or Artefacts()).digest()
+        weights = self.backbone.get("source_sha256") or self.backbone["weights"]
+        identity = json.dumps([config_hash(self.config), artefacts, weights])
         return {
             "name": self.name,
+            "vectors_hash": hashlib.sha256(identity.encode()).hexdigest()[:16],
             "config_hash": config_hash(self.config),
+            "artefacts_sha256": artefacts,
             "backbone": self.backbone,
             "path": str(self.path.absolute()) if self.path else None,
+            "config": json.loads(self.config.to_json()),
             "dim": self.dim,
         }
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: set up tmrjax, build the logo_groups/small benchmark from real
+# marks (offline, from package registries), and evaluate tursun2021's MR-R-SMAC w/URA against the
+# baselines: prints the papers' table and the path of the visual top-10 report. Then indexes the
+# benchmark's marks as a folder and searches one query with the fitted pipeline (tmrjax fit/index/search).
+#
+#   bash scripts/demo.sh                       # random backbone weights (said in the output)
+#   WEIGHTS=converted_weights/resnet50-tv bash scripts/demo.sh   # converted ImageNet weights
+#
+# On 2 CPU cores the default subset (all query groups + 600 distractors) takes about
+# DEMO_MINUTES minutes; DISTRACTORS=5000 evaluates the whole small benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+bash scripts/setup_logobench.sh
+
+export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$PWD/data/tfds}"
+python -c "from tmrjax.data.logo_groups import build_logo_groups as b; print('benchmark  ' + str(b('small', '$TFDS_DATA_DIR')))"
+
+PIPELINES="${PIPELINES:-mac,spoc,crow,rmac,rsmac,mr_rsmac_ura}"
+DISTRACTORS="${DISTRACTORS:-600}"
+FIT_IMAGES="${FIT_IMAGES:-600}"
+weights=()
+[[ -n "${WEIGHTS:-}" ]] && weights=(--weights "$WEIGHTS")
+
+tmrjax eval --dataset logo_groups/small --pipelines "$PIPELINES" \
+  --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo "${weights[@]}"
+
+# The same marks as a folder: fit on it, index it, search it (adds only new files when re-run).
+tmrjax export --dataset logo_groups/small --out data/logo_groups_small --max-distractors "$DISTRACTORS"
+fitted=$(ls -d runs/demo/cache/*/mr_rsmac_ura-*/pipeline | head -1)
+tmrjax index data/logo_groups_small --pipeline "$fitted" --out runs/demo/index "${weights[@]}"
+query=$(ls data/logo_groups_small/queries/*.png | head -1)
+tmrjax search runs/demo/index "$query" -k 10

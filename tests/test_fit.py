@@ -1,0 +1,115 @@
+"""tmrjax/fit.py: PCA-whitening and the URA codebook + IDF learned on a gallery (tursun2021 Sec. 3)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tmrjax.data.images import FailureLog, iter_batches, list_images
+from tmrjax.fit import FolderImages, describe_fit, fit_pipeline, sample_ids
+from tmrjax.kernels.idf import idf_from_document_frequency
+from tmrjax.pipeline import Pipeline, PipelineError, config_hash
+
+pytestmark = pytest.mark.usefixtures("fast_random_init")
+
+
+def l2(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def fit_sample(ura_fitted, marks_dir):
+    """Raw regional descriptors of every mark at every resolution: [(N, R, D') per resolution]."""
+    pipeline, _ = ura_fitted
+    paths = list_images(marks_dir)
+    per_resolution = [[] for _ in pipeline.resolutions]
+    for batch in iter_batches(paths, marks_dir, pipeline.resolutions, 4, failures=FailureLog()):
+        for out, images in zip(per_resolution, batch.images):
+            out.append(np.asarray(pipeline.describe_batch(images), np.float64)[batch.valid])
+    return [np.concatenate(out) for out in per_resolution]
+
+
+def test_fit_writes_pipeline_json_and_artefacts(ura_fitted, marks_dir):
+    pipeline, directory = ura_fitted
+    info = json.loads((directory / "pipeline.json").read_text())
+    assert info["format"] == "tmrjax-pipeline/1"
+    assert info["name"] == "mr_rsmac_ura" and info["config_hash"] == config_hash(pipeline.config)
+    assert info["dim"] == 16 and info["backbone"]["arch"] == "resnet50"
+    assert info["data"]["images_used"] == 12 and info["data"]["images_skipped"] == 0
+    assert info["data"]["pca_descriptors"] == 12 * 30 * 2  # every region of both resolutions
+    with np.load(directory / "artefacts.npz") as z:
+        assert sorted(z.files) == ["centroids", "idf", "pca_mean", "pca_projection"]
+    assert describe_fit(pipeline) == {"pca_whitening": "512 -> 16", "codebook_words": 8,
+                                      "idf_range": f"{pipeline.artefacts.idf.min():.3f} .. {pipeline.artefacts.idf.max():.3f}"}
+
+
+def test_pca_whitening_has_the_right_shape_and_whitens_the_fit_sample(ura_fitted, fit_sample):
+    arts = ura_fitted[0].artefacts
+    assert arts.pca_mean.shape == (512,) and arts.pca_projection.shape == (512, 16)
+    assert arts.pca_mean.dtype == arts.pca_projection.dtype == np.float32
+    sample = l2(np.concatenate([d.reshape(-1, d.shape[-1]) for d in fit_sample]))
+    np.testing.assert_allclose(arts.pca_mean, sample.mean(axis=0), atol=1e-6)
+    white = (sample - arts.pca_mean) @ arts.pca_projection.astype(np.float64)
+    np.testing.assert_allclose(white.mean(axis=0), 0, atol=1e-4)
+    covariance = np.cov(white, rowvar=False)
+    np.testing.assert_allclose(covariance - np.diag(np.diag(covariance)), 0, atol=1e-4)
+    # Identity up to the eps = 1e-6 that learn_pca_whitening adds to each eigenvalue.
+    eigenvalues = np.linalg.eigvalsh(np.cov(sample, rowvar=False))[::-1][:16]
+    np.testing.assert_allclose(np.diag(covariance), eigenvalues / (eigenvalues + 1e-6), rtol=1e-3)
+    assert np.diag(covariance).min() > 0.95
+
+
+def test_codebook_and_idf_are_the_document_frequencies_of_the_visual_words(ura_fitted, fit_sample):
+    arts = ura_fitted[0].artefacts
+    assert arts.centroids.shape == (8, 16) and arts.idf.shape == (8,)
+    assert np.isfinite(arts.centroids).all() and np.isfinite(arts.idf).all()
+    assert (arts.idf > 0).all()
+    # Recount: every post-processed region's nearest word; one image = one document.
+    mean, projection = arts.pca_mean, arts.pca_projection.astype(np.float64)
+    regions = np.concatenate([l2((l2(d) - mean) @ projection) for d in fit_sample], axis=1)  # (N, 60, 16)
+    distances = ((regions[:, :, None, :] - arts.centroids[None, None]) ** 2).sum(-1)
+    words = distances.argmin(-1)
+    df = np.array([sum(k in set(image) for image in words) for k in range(8)])
+    assert df.sum() >= len(words)  # every image holds at least one word
+    np.testing.assert_allclose(arts.idf, idf_from_document_frequency(df, len(words)), atol=1e-6)
+
+
+def test_fit_is_deterministic_with_the_same_seed(small_fitted, tmp_path):
+    first, _, _, folder = small_fitted
+    again = fit_pipeline(Pipeline.create(first.config), folder, tmp_path / "again", progress=False)
+    for name, array in first.artefacts.arrays().items():
+        np.testing.assert_array_equal(getattr(again.artefacts, name), array, err_msg=name)
+    assert (tmp_path / "again" / "pipeline.json").is_file()
+
+
+def test_fit_skips_unreadable_files_and_records_them(small_fitted):
+    pipeline, directory, failures, _ = small_fitted
+    [(path, reason)] = failures.failures
+    assert path == "broken.png" and reason
+    info = json.loads((directory / "pipeline.json").read_text())
+    assert (info["data"]["images_used"], info["data"]["images_skipped"]) == (6, 1)
+    assert info["data"]["pca_descriptors"] == 6 * 30
+    assert pipeline.artefacts.idf.shape == (8,) and np.isfinite(pipeline.artefacts.idf).all()
+
+
+def test_fit_refuses_a_config_with_nothing_to_fit(tiny_config, marks_dir, tmp_path):
+    with pytest.raises(PipelineError, match="mac: nothing to fit"):
+        fit_pipeline(Pipeline.create(tiny_config("mac", (64,))), marks_dir, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_fit_refuses_a_folder_without_images(ura_fitted, tmp_path):
+    (tmp_path / "notes.txt").write_text("no marks here")
+    with pytest.raises(PipelineError, match="no images to fit on"):
+        fit_pipeline(ura_fitted[0], tmp_path, tmp_path / "out", progress=False)
+
+
+def test_sample_ids_is_a_seeded_subset_in_input_order(marks_dir):
+    everything = FolderImages(marks_dir).ids
+    assert everything == list_images(marks_dir) and len(everything) == 12
+    assert sample_ids(everything, 100, seed=0) == everything
+    subset = sample_ids(everything, 5, seed=3)
+    assert len(subset) == 5 and len(set(subset)) == 5 and set(subset) <= set(everything)
+    assert subset == [i for i in everything if i in subset]  # input order
+    assert sample_ids(everything, 5, seed=3) == subset
+    assert any(sample_ids(everything, 5, seed=s) != subset for s in range(4, 8))

@@ -1,0 +1,162 @@
+"""tmrjax/gallery.py: indexing a folder of marks (incrementally, surviving a crash) and searching it."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import tmrjax
+from tmrjax.data.images import list_images
+from tmrjax.fit import fit_pipeline
+from tmrjax.gallery import index_folder, search_images
+from tmrjax.index import GalleryIndex
+from tmrjax.pipeline import Pipeline, PipelineError
+
+pytestmark = pytest.mark.usefixtures("fast_random_init")
+
+
+@pytest.fixture(scope="module")
+def indexed(ura_fitted, marks_dir, tmp_path_factory):
+    """(gallery folder, index folder, report): the 12 marks indexed in one run, flat."""
+    base = tmp_path_factory.mktemp("gallery")
+    root = shutil.copytree(marks_dir, base / "marks")
+    report = index_folder(root, ura_fitted[0], base / "index", progress=False)
+    return root, base / "index", report
+
+
+@pytest.fixture
+def indexed_copy(indexed, tmp_path):
+    """A copy of the gallery and its index (file times kept), free to change."""
+    root, index, _ = indexed
+    return shutil.copytree(root, tmp_path / "marks"), shutil.copytree(index, tmp_path / "index")
+
+
+def test_every_mark_is_indexed_exactly_once(indexed):
+    root, index_dir, report = indexed
+    expected = list_images(root)
+    assert len(expected) == 12
+    assert (report.total, report.added, report.replaced, report.unchanged, len(report.failures)) == (12, 12, 0, 0, 0)
+    index = GalleryIndex.open(str(index_dir))
+    assert sorted(index.ids) == expected and len(index) == 12
+    assert "12 marks (12 added, 0 re-embedded after a content change, 0 unchanged, 0 removed as deleted, 0 skipped)" in report.summary()
+
+
+def test_each_mark_finds_itself_first(indexed, ura_fitted):
+    root, index_dir, _ = indexed
+    ids = list_images(root)
+    pipeline, results = search_images(index_dir, [root / i for i in ids], k=3)
+    assert pipeline.info()["config_hash"] == ura_fitted[0].info()["config_hash"]
+    for query, ranking in zip(ids, results):
+        assert len(ranking) == 3
+        (top, similarity), (_, runner_up) = ranking[0], ranking[1]
+        assert top == query and similarity == pytest.approx(1.0, abs=1e-4)
+        assert runner_up < 0.9999, f"{query}: another mark is indistinguishable from it"
+
+
+def test_rerun_embeds_only_new_and_changed_files(indexed_copy, embedded_ids, ura_fitted, mark_factory):
+    root, index_dir = indexed_copy
+    draw_mark, write_marks = mark_factory
+    new = write_marks(root, count=2, start=12)
+    edited = "a/mark_001.png"
+    draw_mark(77, (96, 96)).save(root / edited)
+    touched = root / "mark_000.png"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+
+    report = index_folder(root, ura_fitted[0], index_dir, progress=False)
+    assert sorted(embedded_ids) == sorted(new + [edited])
+    assert (report.total, report.added, report.replaced, report.unchanged) == (14, 2, 1, 11)
+    assert sorted(GalleryIndex.open(str(index_dir)).ids) == list_images(root)
+    _, [ranking] = search_images(index_dir, [root / edited], k=2)
+    assert ranking[0][0] == edited and ranking[0][1] == pytest.approx(1.0, abs=1e-4)
+
+    embedded_ids.clear()
+    report = index_folder(root, ura_fitted[0], index_dir, progress=False)
+    assert embedded_ids == [] and (report.added, report.replaced, report.unchanged) == (0, 0, 14)
+
+
+def test_interrupted_run_keeps_its_checkpoints_and_resumes(
+    indexed, ura_fitted, marks_dir, tmp_path, monkeypatch, embedded_ids
+):
+    pipeline = ura_fitted[0]
+    root = shutil.copytree(marks_dir, tmp_path / "marks")
+    out = tmp_path / "index"
+    original, calls = pipeline.embed_batch, []
+
+    def crash_on_the_third_batch(images):
+        calls.append(len(images[0]))
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash (power cut)")
+        return original(images)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "embed_batch", crash_on_the_third_batch)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            index_folder(root, pipeline, out, checkpoint_every=4, progress=False)
+
+    everything = list_images(root)
+    after_crash = GalleryIndex.open(str(out))
+    assert sorted(after_crash.ids) == everything[:8]  # two batches of 4, each checkpointed
+    query = tmrjax.embed([root / everything[5]], pipeline)
+    _, [ids] = after_crash.search(query, 1)
+    assert ids == [everything[5]]
+
+    embedded_ids.clear()
+    report = index_folder(root, pipeline, out, checkpoint_every=4, progress=False)
+    assert embedded_ids == everything[8:]
+    assert (report.total, report.added, report.unchanged) == (12, 4, 8)
+
+    _, one_shot_dir, _ = indexed
+    resumed, one_shot = GalleryIndex.open(str(out)), GalleryIndex.open(str(one_shot_dir))
+    assert sorted(resumed.ids) == sorted(one_shot.ids)
+    queries = tmrjax.embed([root / i for i in everything[::3]], pipeline)
+    resumed_scores, resumed_ids = resumed.search(queries, 5)
+    one_shot_scores, one_shot_ids = one_shot.search(queries, 5)
+    assert resumed_ids == one_shot_ids
+    np.testing.assert_allclose(resumed_scores, one_shot_scores, atol=1e-5)
+
+
+def test_an_indexed_file_that_became_a_broken_link_is_dropped_and_reported(indexed_copy, ura_fitted):
+    root, index_dir = indexed_copy
+    gone = "a/mark_005.png"
+    (root / gone).unlink()
+    (root / gone).symlink_to(root / "nowhere.png")
+    report = index_folder(root, ura_fitted[0], index_dir, progress=False)
+    assert report.failures.failures == [(gone, "broken symbolic link")]
+    assert (report.total, report.added, report.replaced, report.unchanged) == (11, 0, 0, 11)
+    assert gone not in GalleryIndex.open(str(index_dir)).ids
+
+
+def test_a_file_deleted_from_the_folder_leaves_the_index(indexed_copy, embedded_ids, ura_fitted):
+    root, index_dir = indexed_copy
+    gone = "a/mark_005.png"
+    (root / gone).unlink()
+    report = index_folder(root, ura_fitted[0], index_dir, progress=False)
+    assert embedded_ids == []
+    assert (report.total, report.added, report.removed, report.unchanged) == (11, 0, 1, 11)
+    assert gone not in GalleryIndex.open(str(index_dir)).ids
+    _, [ranking] = search_images(index_dir, [root / "mark_000.png"], k=20)
+    assert gone not in [i for i, _ in ranking]
+
+
+def test_an_index_refuses_vectors_of_another_pipeline(indexed, tiny_config):
+    root, index_dir, _ = indexed
+    other = Pipeline.create(tiny_config("mac", (64,)))
+    with pytest.raises(ValueError, match="vectors of two pipelines must not mix"):
+        index_folder(root, other, index_dir, progress=False)
+
+
+def test_an_index_refuses_vectors_of_a_refit_of_the_same_config(indexed_copy, ura_fitted, small_fitted, tmp_path):
+    """Same config, fitted on other marks: other PCA-whitening and codebook, so other vectors."""
+    root, index_dir = indexed_copy
+    refit = fit_pipeline(Pipeline.create(ura_fitted[0].config), small_fitted[3], tmp_path / "refit", progress=False)
+    assert np.abs(refit.artefacts.pca_mean - ura_fitted[0].artefacts.pca_mean).max() > 1e-3
+    (root / "mark_000.png").rename(root / "renamed.png")  # one new file to embed
+    with pytest.raises(ValueError, match="must not mix"):
+        index_folder(root, refit, index_dir, progress=False)
+
+
+def test_an_index_keeps_its_kind_unless_rebuilt(indexed, ura_fitted):
+    root, index_dir, _ = indexed
+    with pytest.raises(PipelineError, match="is a 'flat' index, not 'hnsw'; use --rebuild"):
+        index_folder(root, ura_fitted[0], index_dir, kind="hnsw", progress=False)

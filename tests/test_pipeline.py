@@ -1,0 +1,336 @@
+"""tmrjax/pipeline.py: configs, the embedding against a numpy composition of the paper's
+formulas (tursun2021 Eq. 1-4), input handling, and fitted artefacts on disk."""
+
+import importlib
+import json
+import re
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import tmrjax
+import tmrjax.pipeline
+from tmrjax.kernels.regions import rmac_regions
+from tmrjax.pipeline import (
+    Pipeline,
+    PipelineError,
+    available_configs,
+    config_hash,
+    load_config,
+    validate_config,
+)
+
+pytestmark = pytest.mark.usefixtures("fast_random_init")
+
+# The methods the issue asks for (tursun2019 Table 5, tursun2021 Tables 1-2, and GeM).
+ISSUE_METHODS = {"mac", "spoc", "spoc_pcaw", "crow", "gem", "rmac", "rsmac", "mr_rmac", "rmac_ura", "mr_rmac_ura",
+                 "mr_rsmac_ura"}
+
+
+# ----------------------------------------------------------------------------------------
+# Configs
+
+
+def test_every_method_of_the_issue_has_a_config():
+    assert ISSUE_METHODS <= set(available_configs())
+
+
+@pytest.mark.parametrize("name", available_configs())
+def test_config_loads_validates_and_names_its_paper_table_row(name):
+    config = load_config(name)
+    validate_config(config)
+    assert config.name == name
+    doc = importlib.import_module(f"tmrjax.configs.{name}").__doc__
+    assert doc and re.search(r"Table \d", doc), f"configs/{name}.py: docstring names no paper table"
+    assert config.paper_row and config.paper_row in doc, f"configs/{name}.py: paper_row {config.paper_row!r} not in docstring"
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_METHODS))
+def test_config_fields_agree_with_the_method_name(name):
+    e = load_config(name).embed
+    assert (len(e.resolutions) == 3) == name.startswith("mr_"), e.resolutions
+    assert (e.attention == "idf") == name.endswith("_ura")
+    assert (e.region_levels == 4) == (name.startswith("r") or name.startswith("mr_")), e.region_levels
+    assert (e.pooling == "smac") == ("rsmac" in name)
+    assert (e.pca_whitening_dim == 0) == (name == "mac")
+    if name.startswith("mr_"):
+        assert tuple(e.resolutions) == (160, 224, 320)
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_METHODS))
+def test_create_gives_the_paper_dimension(name):
+    pipeline = Pipeline.create(name)
+    assert pipeline.dim == (512 if name == "mac" else 256)
+    assert pipeline.backbone["arch"] == pipeline.config.backbone.arch
+    assert pipeline.backbone["weights"] == "random-init(seed=0)"
+    # D' before PCA-w: VGG16 conv5_3 has 512 channels, ResNet50 conv4 1,024; SMAC doubles it
+    if name in ("mac", "rsmac"):
+        assert pipeline.raw_dim == {"mac": 512, "rsmac": 2048}[name]
+
+
+def test_distinct_configs_have_distinct_hashes():
+    hashes = {name: config_hash(load_config(name)) for name in available_configs()}
+    assert len(set(hashes.values())) == len(hashes), hashes
+    assert all(re.fullmatch(r"[0-9a-f]{16}", h) for h in hashes.values())
+
+
+def test_hash_covers_backbone_and_embed_only():
+    base = load_config("mr_rsmac_ura")
+    for section, field, value in [("embed", "region_levels", 3), ("embed", "resolutions", (224,)),
+                                  ("backbone", "tap", "conv5"), ("embed", "include_full_map", True)]:
+        c = load_config("mr_rsmac_ura")
+        c[section][field] = value
+        assert config_hash(c) != config_hash(base), (section, field)
+    c = load_config("mr_rsmac_ura")
+    c.batch_size, c.fit.seed, c.index.kind = 3, 7, "hnsw"
+    assert config_hash(c) == config_hash(base)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("pooling", "max", "embed.pooling='max'"),
+        ("attention", "softmax", "embed.attention='softmax'"),
+        ("resolutions", (16,), "embed.resolutions=(16,)"),
+        ("region_levels", -1, "embed.region_levels=-1"),
+    ],
+)
+def test_validate_config_names_the_bad_field(field, value, message):
+    c = load_config("rmac")
+    c.embed[field] = value
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        validate_config(c)
+
+
+def test_validate_config_rejects_ura_without_pca_whitening():
+    c = load_config("rmac_ura")
+    c.embed.pca_whitening_dim = 0
+    with pytest.raises(PipelineError, match="rmac_ura: URA"):
+        validate_config(c)
+
+
+def test_unknown_config_name_lists_the_available_ones():
+    with pytest.raises(PipelineError, match="unknown pipeline 'r_mac'.*mr_rsmac_ura"):
+        load_config("r_mac")
+
+
+def test_config_from_a_python_file(tmp_path):
+    path = tmp_path / "my_method.py"
+    path.write_text(
+        "from tmrjax.configs.rmac import get_config as rmac\n\n"
+        "def get_config():\n    c = rmac()\n    c.name = 'my_method'\n    c.embed.region_levels = 3\n    return c\n"
+    )
+    c = load_config(str(path))
+    assert (c.name, c.embed.region_levels, c.embed.pooling) == ("my_method", 3, "mac")
+
+
+# ----------------------------------------------------------------------------------------
+# The embedding against numpy
+
+
+def square_marks(draw_mark, count, size):
+    return [np.asarray(draw_mark(seed, (size, size))) for seed in range(100, 100 + count)]
+
+
+def resize(image, size):
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def numpy_mr_rsmac_ura(pipeline, images_per_resolution):
+    """tursun2021 Eq. 1-4 with numpy loops: per region [sum, max] (SMAC), l2, PCA-w, l2,
+    weight = IDF of the nearest centroid; sum over regions and resolutions; l2.
+
+    Returns the (B, d) embeddings and the IDF weight given to every region."""
+    e, arts, tap = pipeline.config.embed, pipeline.artefacts, pipeline.config.backbone.tap
+    assert e.pooling == "smac" and e.attention == "idf"
+    mean, projection = arts.pca_mean.astype(np.float64), arts.pca_projection.astype(np.float64)
+    centroids, idf = arts.centroids.astype(np.float64), arts.idf.astype(np.float64)
+    backbone = jax.jit(lambda variables, images: pipeline.module.apply(variables, images)[tap])
+    total, weights = np.zeros((len(images_per_resolution[0]), projection.shape[1])), []
+    for images in images_per_resolution:
+        fmap = np.asarray(backbone(pipeline.variables, images), np.float64)
+        boxes = rmac_regions(fmap.shape[1], fmap.shape[2], levels=e.region_levels, include_full_map=e.include_full_map)
+        assert len(boxes) == 30  # S = 4 on a square map (tursun2021: N = 30)
+        for b in range(len(fmap)):
+            for y0, x0, y1, x1 in boxes:
+                cells = fmap[b, y0:y1, x0:x1].reshape(-1, fmap.shape[3])
+                region = np.concatenate([cells.sum(axis=0), cells.max(axis=0)])
+                region = region / np.linalg.norm(region)
+                white = (region - mean) @ projection
+                white = white / np.linalg.norm(white)
+                weight = idf[np.argmin(((centroids - white) ** 2).sum(axis=1))]
+                total[b] += weight * white
+                weights.append(weight)
+    return total / np.linalg.norm(total, axis=1, keepdims=True), np.array(weights)
+
+
+def test_embed_matches_numpy_composition_of_the_paper_formulas(ura_fitted, mark_factory):
+    pipeline, _ = ura_fitted
+    draw_mark, _ = mark_factory
+    images = square_marks(draw_mark, 4, 80)  # 80 px: resized to both 64 and 96
+    per_resolution = [np.stack([resize(im, s) for im in images]) for s in pipeline.resolutions]
+    expected, weights = numpy_mr_rsmac_ura(pipeline, per_resolution)
+    assert np.ptp(weights) > 0.1, "all regions weigh the same: the check could not see the IDF"
+    np.testing.assert_allclose(pipeline.embed_batch(per_resolution), expected, atol=1e-4)
+    np.testing.assert_allclose(tmrjax.embed(images, pipeline), expected, atol=1e-4)
+
+
+def test_mac_embedding_is_the_l2_normalised_global_max(fast_random_init, tiny_config, mark_factory):
+    pipeline = Pipeline.create(tiny_config("mac", resolutions=(64,)))
+    images = np.stack(square_marks(mark_factory[0], 4, 64))
+    backbone = jax.jit(lambda variables, x: pipeline.module.apply(variables, x)["conv5_3"])
+    fmap = np.asarray(backbone(pipeline.variables, images), np.float64)
+    expected = np.stack([m.reshape(-1, m.shape[-1]).max(axis=0) for m in fmap])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    got = tmrjax.embed(list(images), pipeline)
+    assert got.shape == (4, 512)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_embed_gives_unit_float32_rows(ura_fitted, mark_factory):
+    pipeline, _ = ura_fitted
+    vectors = tmrjax.embed([np.asarray(mark_factory[0](s)) for s in range(5)], pipeline)
+    assert vectors.shape == (5, 16) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert tmrjax.embed([], pipeline).shape == (0, 16)
+
+
+def test_arrays_pil_images_and_paths_give_the_same_vectors(ura_fitted, marks_dir):
+    pipeline, _ = ura_fitted
+    paths = sorted(str(p) for p in marks_dir.rglob("*.png"))[:3] + sorted(str(p) for p in marks_dir.rglob("*.jpg"))[:1]
+    pils = [Image.open(p) for p in paths]
+    arrays = [np.asarray(pil.convert("RGB")) for pil in pils]
+    from_paths = tmrjax.embed(paths, pipeline)
+    assert from_paths.shape == (4, 16)
+    np.testing.assert_allclose(tmrjax.embed(pils, pipeline), from_paths, atol=1e-6)
+    np.testing.assert_allclose(tmrjax.embed(arrays, pipeline), from_paths, atol=1e-6)
+    for pil in pils:
+        pil.close()
+
+
+def test_wide_and_tall_images_are_padded_to_a_white_square(ura_fitted, mark_factory):
+    pipeline, _ = ura_fitted
+    draw_mark, _ = mark_factory
+    wide, tall = np.asarray(draw_mark(7, (120, 60))), np.asarray(draw_mark(8, (50, 110)))
+    wide_square = np.full((120, 120, 3), 255, np.uint8)
+    wide_square[30:90] = wide
+    tall_square = np.full((110, 110, 3), 255, np.uint8)
+    tall_square[:, 30:80] = tall
+    got = tmrjax.embed([wide, tall], pipeline)
+    np.testing.assert_allclose(got, tmrjax.embed([wide_square, tall_square], pipeline), atol=1e-6)
+    # and not, say, stretched to the square
+    stretched = resize(wide, 120)
+    assert np.abs(got[0] - tmrjax.embed([stretched], pipeline)[0]).max() > 1e-2
+
+
+def test_batch_size_does_not_change_the_vectors(small_fitted, mark_factory):
+    pipeline = small_fitted[0]
+    images = [np.asarray(mark_factory[0](s)) for s in range(20, 26)]  # 6 images: last batch of 4 padded
+    by_four = tmrjax.embed(images, pipeline, batch_size=4)
+    by_one = tmrjax.embed(images, pipeline, batch_size=1)
+    assert by_four.shape == by_one.shape == (6, 16)
+    np.testing.assert_allclose(by_one, by_four, atol=1e-5)
+    np.testing.assert_allclose(tmrjax.embed(images[4:], pipeline), by_four[4:], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# Fitted artefacts on disk
+
+
+@pytest.fixture
+def fitted_copy(ura_fitted, tmp_path):
+    """A copy of the fitted directory, free to edit."""
+    return shutil.copytree(ura_fitted[1], tmp_path / "fitted")
+
+
+def edit_json(path, edit):
+    info = json.loads(path.read_text())
+    edit(info)
+    path.write_text(json.dumps(info))
+
+
+def test_load_round_trips_a_fitted_directory(ura_fitted, mark_factory):
+    pipeline, directory = ura_fitted
+    loaded = Pipeline.load(directory)
+    assert config_hash(loaded.config) == config_hash(pipeline.config)
+    assert json.loads(loaded.config.to_json()) == json.loads(pipeline.config.to_json())
+    assert loaded.path == directory and loaded.dim == 16 and loaded.backbone == pipeline.backbone
+    for name, array in pipeline.artefacts.arrays().items():
+        np.testing.assert_array_equal(getattr(loaded.artefacts, name), array, err_msg=name)
+    images = [np.asarray(mark_factory[0](s)) for s in range(4)]
+    np.testing.assert_allclose(tmrjax.embed(images, loaded), tmrjax.embed(images, pipeline), atol=1e-6)
+    assert loaded.info()["config_hash"] == pipeline.info()["config_hash"]
+
+
+def test_load_refuses_a_pipeline_json_whose_config_was_edited(fitted_copy):
+    edit_json(fitted_copy / "pipeline.json", lambda info: info["config"]["embed"].update(region_levels=3))
+    with pytest.raises(PipelineError, match="does not match its recorded hash"):
+        Pipeline.load(fitted_copy)
+
+
+def test_load_refuses_artefacts_of_the_wrong_shape(fitted_copy):
+    from ml_collections import ConfigDict
+
+    def edit(info):
+        info["config"]["embed"]["pca_whitening_dim"] = 8
+        info["config_hash"] = config_hash(ConfigDict(info["config"]))
+
+    edit_json(fitted_copy / "pipeline.json", edit)
+    with pytest.raises(PipelineError, match=r"PCA projection is \(512, 16\), expected \(512, 8\)"):
+        Pipeline.load(fitted_copy)
+
+
+def test_load_refuses_artefacts_fitted_for_another_config(fitted_copy, small_fitted):
+    """artefacts.npz of a one-resolution variant has the same shapes; it must still be refused."""
+    shutil.copy(small_fitted[1] / "artefacts.npz", fitted_copy / "artefacts.npz")
+    with pytest.raises(PipelineError):
+        Pipeline.load(fitted_copy)
+
+
+def _fake_load_backbone(path, arch, taps, dtype):
+    """Two fake converted checkpoints, .../weights_a and .../weights_b, of different sources."""
+    from tmrjax.models import build_backbone
+
+    sha = {"weights_a": "a" * 64, "weights_b": "b" * 64}[str(path).rsplit("/", 1)[-1]]
+    meta = {"layout": "torchvision", "source": {"sha256": sha}}
+    variables = tmrjax.pipeline.random_variables(arch, "torchvision")  # conftest's fast init
+    return build_backbone(arch, "torchvision", taps, dtype=dtype), variables, meta
+
+
+def test_load_refuses_other_backbone_weights_than_the_fitted_ones(fitted_copy, monkeypatch):
+    monkeypatch.setattr(tmrjax.pipeline, "load_backbone", _fake_load_backbone)
+    # fitted on random init, given converted weights
+    with pytest.raises(PipelineError, match="fitted with backbone weights"):
+        Pipeline.load(fitted_copy, weights="/ckpt/weights_a")
+    # fitted on weights_a (as pipeline.json records), given weights_b
+    edit_json(
+        fitted_copy / "pipeline.json",
+        lambda info: info["backbone"].update(weights="/ckpt/weights_a", source_sha256="a" * 64),
+    )
+    assert Pipeline.load(fitted_copy).backbone["source_sha256"] == "a" * 64
+    with pytest.raises(PipelineError, match="fitted with backbone weights"):
+        Pipeline.load(fitted_copy, weights="/ckpt/weights_b")
+
+
+def test_pca_whitened_config_refuses_to_embed_without_artefacts(tiny_config, mark_factory):
+    pipeline = Pipeline.create(tiny_config("rmac", resolutions=(64,)))
+    with pytest.raises(PipelineError, match=r"rmac: needs PCA-whitening; run `tmrjax fit`"):
+        tmrjax.embed([np.asarray(mark_factory[0](0))], pipeline)
+    with pytest.raises(PipelineError, match=r"needs fitted PCA-whitening.*`tmrjax fit IMAGES --pipeline rmac"):
+        Pipeline.load("rmac")
+
+
+def test_ura_config_refuses_to_embed_without_a_codebook(ura_fitted, mark_factory):
+    fitted, _ = ura_fitted
+    arts = tmrjax.pipeline.Artefacts(pca_mean=fitted.artefacts.pca_mean, pca_projection=fitted.artefacts.pca_projection)
+    pipeline = Pipeline(fitted.config, fitted.module, fitted.variables, fitted.backbone, arts)
+    with pytest.raises(PipelineError, match=r"needs a URA codebook and IDF; run `tmrjax fit`"):
+        tmrjax.embed([np.asarray(mark_factory[0](0))], pipeline)
+
+
+def test_load_of_a_folder_without_pipeline_json_says_so(tmp_path):
+    with pytest.raises(PipelineError, match=r"no pipeline.json; not a fitted pipeline \(see `tmrjax fit`\)"):
+        Pipeline.load(tmp_path)
