@@ -63,7 +63,7 @@ class Benchmark:
 
     @property
     def relevant(self) -> list[np.ndarray]:
-        return group_relevance(self.query_rows, self.groups)
+        return group_relevance(self.query_rows, self.groups[: self.num_queries])
 
     def image(self, row: int) -> np.ndarray:
         return np.asarray(self.record(row)["image"], np.uint8)
@@ -224,45 +224,43 @@ def run_eval(
     log(f"dataset    {benchmark.name}: {benchmark.num_queries} queries in "
         f"{len(set(benchmark.groups[benchmark.groups >= 0]))} groups + {len(benchmark.gallery_rows)} distractors")
     tag = _weights_tag(weights)
-    pipelines: list[Pipeline] = []
+    configs = [load_config(name) for name in pipeline_names]
+    labels = [c.name for c in configs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"pipelines {list(pipeline_names)} repeat a config name: {labels}")
+    caches = [out / "cache" / subset / f"{c.name}-{config_hash(c)}-{tag}" for c in configs]
     vectors: dict[str, np.ndarray] = {}
-    cache_dirs = {}
-    for name in pipeline_names:
-        config = load_config(name)
-        cache = out / "cache" / subset / f"{name}-{config_hash(config)}-{tag}"
-        cache_dirs[name] = cache
+    todo: list[Pipeline] = []
+    for config, cache in zip(configs, caches):
         if (cache / "vectors.npy").is_file():
-            vectors[name] = np.load(cache / "vectors.npy")
-            log(f"cached     {name}: {cache}")
-            pipelines.append(None)  # type: ignore[arg-type]
+            vectors[config.name] = np.load(cache / "vectors.npy")
+            log(f"cached     {config.name}: {cache}")
             continue
-        pipeline = Pipeline.create(config, weights=weights)
-        if needs_fit(config):
-            if (cache / "pipeline" / "pipeline.json").is_file():
-                pipeline = Pipeline.load(cache / "pipeline", weights=weights)
-            else:
+        if needs_fit(config) and (cache / "pipeline" / "pipeline.json").is_file():
+            pipeline = Pipeline.load(cache / "pipeline", weights=weights)
+        else:
+            pipeline = Pipeline.create(config, weights=weights)
+            if needs_fit(config):
                 started = time.time()
                 pipeline = fit_pipeline(pipeline, GalleryImages(benchmark), cache / "pipeline",
                                         num_images=fit_images, progress=progress)
-                log(f"fitted     {name} on {min(fit_images or config.fit.num_images, len(benchmark.gallery_rows))} "
+                log(f"fitted     {config.name} on {min(fit_images or config.fit.num_images, len(benchmark.gallery_rows))} "
                     f"gallery marks in {time.time() - started:.0f} s")
-        pipelines.append(pipeline)
-    todo = [p for p in pipelines if p is not None]
+        todo.append(pipeline)
     if todo:
         for pipeline, v in zip(todo, embed_benchmark(benchmark, todo, progress=progress)):
-            cache = cache_dirs[pipeline.name]
+            cache = caches[labels.index(pipeline.name)]
             cache.mkdir(parents=True, exist_ok=True)
             np.save(cache / "vectors.npy", v)
             vectors[pipeline.name] = v
 
     rows: list[Row] = []
     evaluations: dict[str, Evaluation] = {}
-    for name in pipeline_names:
-        config = load_config(name)
-        result = evaluate(vectors[name], benchmark.query_rows, benchmark.relevant, k=100, protocol=protocol)
-        evaluations[name] = result
-        rows.append(Row(name, config.paper_row, int(vectors[name].shape[1]), result.nar, result.map_at_k,
-                        result.map, result.protocol, tag))
+    for config in configs:
+        result = evaluate(vectors[config.name], benchmark.query_rows, benchmark.relevant, k=100, protocol=protocol)
+        evaluations[config.name] = result
+        rows.append(Row(config.name, config.paper_row, int(vectors[config.name].shape[1]), result.nar,
+                        result.map_at_k, result.map, result.protocol, tag))
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, benchmark.name)
     (out / "results.json").write_text(json.dumps(
@@ -270,6 +268,6 @@ def run_eval(
     (out / "results.txt").write_text(table + "\n")
     from .report import write_report
 
-    report = write_report(out / "report", benchmark, {n: vectors[n] for n in pipeline_names}, evaluations,
+    report = write_report(out / "report", benchmark, {n: vectors[n] for n in labels}, evaluations,
                           num_queries=report_queries)
     return rows, report

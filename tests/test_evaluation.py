@@ -1,0 +1,150 @@
+"""tmrjax/evaluation.py and tmrjax/report.py: `tmrjax eval` on a tiny in-memory benchmark."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tmrjax
+import tmrjax.evaluation as evaluation
+from tmrjax.evaluation import Benchmark, embed_benchmark, export_benchmark, format_table, run_eval
+from tmrjax.metrics import evaluate
+from tmrjax.pipeline import Pipeline
+
+pytestmark = pytest.mark.usefixtures("fast_random_init")
+
+TINY_CONFIGS = {
+    "tiny_mac": "c = mac.get_config(); c.name = 'tiny_mac'",
+    "tiny_rmac": "c = rmac.get_config(); c.name = 'tiny_rmac'; c.backbone.tap = 'conv2'",
+    "tiny_mr_rsmac_ura": (
+        "c = mr_rsmac_ura.get_config(); c.name = 'tiny_mr_rsmac_ura'; c.backbone.tap = 'conv2'; "
+        "c.embed.resolutions = (64, 96)"
+    ),
+}
+
+
+def _benchmark(draw_mark) -> Benchmark:
+    """3 groups of 3 (one mark drawn at three sizes) + 6 distractors, as tfds-like records."""
+    queries, gallery = [], []
+    for group in range(3):
+        for member, size in enumerate([(96, 96), (128, 80), (72, 120)]):
+            image = np.asarray(draw_mark(group, size).convert("RGB"))
+            queries.append({"image": image, "id": f"g{group}-{member}".encode(), "group": group})
+    for i in range(6):
+        gallery.append({"image": np.asarray(draw_mark(100 + i).convert("RGB")), "id": f"d{i}".encode(), "group": -1})
+    return Benchmark("tiny/bench", queries, gallery, np.arange(len(gallery)))
+
+
+@pytest.fixture
+def configs_dir(tmp_path):
+    for name, body in TINY_CONFIGS.items():
+        (tmp_path / f"{name}.py").write_text(
+            "from tmrjax.configs import mac, rmac, mr_rsmac_ura\n\n\n"
+            "def get_config():\n"
+            f"    {body}\n"
+            "    if c.backbone.arch == 'vgg16':\n"
+            "        c.embed.resolutions = (64,)\n"
+            "    if c.embed.pca_whitening_dim:\n"
+            "        c.embed.pca_whitening_dim = 8\n"
+            "    c.embed.codebook_size = 8\n"
+            "    c.batch_size = 4\n"
+            "    return c\n"
+        )
+    return tmp_path
+
+
+@pytest.fixture
+def bench(mark_factory):
+    return _benchmark(mark_factory[0])
+
+
+@pytest.fixture
+def fake_benchmark(monkeypatch, bench):
+    monkeypatch.setattr(evaluation, "load_benchmark", lambda *a, **k: bench)
+    return bench
+
+
+def test_benchmark_rows_groups_and_relevance(bench):
+    assert len(bench) == 15 and bench.num_queries == 9
+    assert bench.groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] + [-1] * 6
+    assert [r.tolist() for r in bench.relevant][:4] == [[0, 1, 2], [0, 1, 2], [0, 1, 2], [3, 4, 5]]
+    assert bench.id(9) == "d0" and bench.image(0).shape == (96, 96, 3)
+    assert bench.images_at(32).shape == (15, 32, 32, 3)
+
+
+def test_shared_backbone_passes_give_the_same_vectors_as_embed(configs_dir, bench):
+    a = Pipeline.create(str(configs_dir / "tiny_rmac.py"))
+    a.config.embed.pca_whitening_dim = 0  # no fit needed for this comparison
+    a.__post_init__()
+    b = Pipeline.create(str(configs_dir / "tiny_rmac.py"))
+    b.config.embed.pca_whitening_dim = 0
+    b.config.embed.pooling = "smac"
+    b.__post_init__()
+    assert a.backbone_key == b.backbone_key
+    shared = embed_benchmark(bench, [a, b], progress=False)
+    images = [bench.image(r) for r in range(len(bench))]
+    np.testing.assert_allclose(shared[0], tmrjax.embed(images, a), atol=1e-5)
+    np.testing.assert_allclose(shared[1], tmrjax.embed(images, b), atol=1e-5)
+
+
+def test_eval_prints_the_papers_table_writes_results_and_report_and_caches(configs_dir, fake_benchmark, tmp_path, monkeypatch):
+    names = [str(configs_dir / f"{n}.py") for n in TINY_CONFIGS]
+    out = tmp_path / "run"
+    rows, report = run_eval("tiny/bench", names, out, fit_images=6, progress=False, log=lambda *_: None)
+    assert [r.method for r in rows] == list(TINY_CONFIGS)
+    assert [r.dim for r in rows] == [512, 8, 8]
+    for r in rows:
+        assert 0.0 <= r.nar <= 1.0 and 0.0 <= r.map_at_100 <= 1.0 and r.protocol == "metu-official"
+        assert r.weights == "random-init"
+
+    # The table's numbers are the metric on the cached vectors.
+    vectors = sorted((out / "cache").glob("*/*/vectors.npy"))
+    assert len(vectors) == 3
+    mac_vectors = np.load(next(v for v in vectors if "tiny_mac" in str(v)))
+    direct = evaluate(mac_vectors, fake_benchmark.query_rows, fake_benchmark.relevant, k=100)
+    assert rows[0].nar == pytest.approx(direct.nar) and rows[0].map_at_100 == pytest.approx(direct.map_at_k)
+
+    table = format_table(rows, "tiny/bench")
+    assert "Method" in table and "DIM" in table and "NAR" in table and "MAP@100" in table
+    assert "protocol: metu-official" in table and "random-init" in table
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == list(TINY_CONFIGS)
+
+    assert report.name == "index.html" and report.is_file()
+    page = report.read_text()
+    sheets = sorted(report.parent.glob("*.png"))
+    assert len(sheets) == 3
+    from tmrjax.report import LABEL, PAD, THUMB
+
+    # 8 sample queries requested, but one per group and only 3 groups: 3 rows of query + top 10.
+    assert Image.open(sheets[0]).size == (PAD + 11 * (THUMB + PAD), PAD + 3 * (THUMB + LABEL + PAD))
+    assert "Green frame" in page
+    top10 = json.loads((report.parent / "top10.json").read_text())
+    first = top10["tiny_mac"][0]
+    assert first["query"] == "g0-0" and len(first["results"]) == 10
+    assert [r["rank"] for r in first["results"]] == list(range(1, 11))
+
+    # A second run evaluates from the cache: nothing is built, fitted or embedded.
+    def refuse(*a, **k):
+        raise AssertionError("a cached pipeline was rebuilt")
+
+    monkeypatch.setattr(evaluation.Pipeline, "create", refuse)
+    again, _ = run_eval("tiny/bench", names, out, fit_images=6, progress=False, log=lambda *_: None)
+    assert [(r.nar, r.map_at_100, r.map) for r in again] == [(r.nar, r.map_at_100, r.map) for r in rows]
+
+
+def test_hu2024_protocol_is_reported_as_such(configs_dir, fake_benchmark, tmp_path):
+    rows, _ = run_eval("tiny/bench", [str(configs_dir / "tiny_mac.py")], tmp_path / "run", protocol="hu2024",
+                       progress=False, log=lambda *_: None, report_queries=2)
+    assert rows[0].protocol == "hu2024"
+    assert "protocol: hu2024" in format_table(rows, "tiny/bench")
+
+
+def test_export_writes_queries_and_gallery_as_a_folder(tmp_path, bench):
+    out = export_benchmark(bench, tmp_path / "marks")
+    queries = sorted(p.name for p in (out / "queries").iterdir())
+    gallery = sorted(p.name for p in (out / "gallery").iterdir())
+    assert queries[:3] == ["000-g0-0.png", "000-g0-1.png", "000-g0-2.png"] and len(queries) == 9
+    assert gallery == [f"d{i}.png" for i in range(6)]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "queries" / "000-g0-1.png")), bench.image(1))
