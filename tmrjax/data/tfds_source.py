@@ -26,10 +26,7 @@ def open_split(spec: str, data_dir: str | os.PathLike | None = None):
     """A random-access tfds data source for ``NAME/CONFIG:SPLIT``."""
     import tensorflow_datasets as tfds
 
-    try:  # registers tmrjax's builders (logo_groups, metu_trademark) with tfds
-        from . import logo_groups  # noqa: F401
-    except ImportError:
-        pass
+    from . import logo_groups, metu_trademark  # noqa: F401  (registers the builders with tfds)
 
     name, split = parse_spec(spec)
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
