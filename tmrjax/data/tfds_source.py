@@ -30,7 +30,17 @@ def open_split(spec: str, data_dir: str | os.PathLike | None = None):
 
     name, split = parse_spec(spec)
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
-    return tfds.data_source(name, split=split, data_dir=data_dir)
+    try:  # never start a (possibly hour-long) build as a side effect of reading
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except (AssertionError, KeyError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+        where = data_dir or "~/tensorflow_datasets"
+        hint = (
+            "build it with `python -c \"from tmrjax.data.logo_groups import build_logo_groups; "
+            f"build_logo_groups('{name.partition('/')[2] or 'small'}', '{where}')\"` (after scripts/setup_logobench.sh)"
+            if name.startswith("logo_groups")
+            else "see the dataset's builder for how to prepare it"
+        )
+        raise FileNotFoundError(f"tfds dataset {name}:{split} is not prepared in {where}: {hint} ({e})") from None
 
 
 def _record_id(record: dict, index: int) -> str:
