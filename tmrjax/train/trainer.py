@@ -186,6 +186,10 @@ def train(
                 + "".join(f"  {k} {v:.4f}" for k, v in values.items() if k != "loss"))
             window_start, window_images = time.time(), 0
 
+    if evaluator and start == 0:  # the untrained encoder: the baseline the run must beat
+        evaluations.append(evaluator(state, 0))
+        with open(workdir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(evaluations[-1]) + "\n")
     try:
         for step, local_images in loader.iterate(start, end):
             images = jax.make_array_from_process_local_data(sharded, local_images)
