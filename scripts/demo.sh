@@ -7,8 +7,8 @@
 #   bash scripts/demo.sh                       # random backbone weights (said in the output)
 #   WEIGHTS=converted_weights/resnet50-tv bash scripts/demo.sh   # converted ImageNet weights
 #
-# The default evaluates all 37 query groups against 300 distractors (DISTRACTORS=5000: the whole
-# small benchmark) and fits PCA-w/URA on 300 gallery marks (FIT_IMAGES); on 2 CPU cores most of
+# The default evaluates all 37 query groups against 200 distractors (DISTRACTORS=5000: the whole
+# small benchmark) and fits PCA-w/URA on 200 gallery marks (FIT_IMAGES); on 2 CPU cores most of
 # the time goes to VGG16 at 300x300 for the MAC/SPoC/CRoW rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +21,8 @@ export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$PWD/data/tfds}"
 python -c "from tmrjax.data.logo_groups import build_logo_groups as b; print('benchmark  ' + str(b('small', '$TFDS_DATA_DIR')))"
 
 PIPELINES="${PIPELINES:-mac,spoc,crow,rmac,rsmac,mr_rsmac_ura}"
-DISTRACTORS="${DISTRACTORS:-300}"
-FIT_IMAGES="${FIT_IMAGES:-300}"
+DISTRACTORS="${DISTRACTORS:-200}"
+FIT_IMAGES="${FIT_IMAGES:-200}"
 weights=()
 [[ -n "${WEIGHTS:-}" ]] && weights=(--weights "$WEIGHTS")
 
