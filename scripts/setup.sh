@@ -15,6 +15,6 @@ if [[ "${1:-}" == "--test" ]]; then
   # torch 2.14.1 + torchvision 0.29.1 is the pair whose torchvision imports here (CUDA build, runs on CPU).
   .venv/bin/python -m pip install -q -e ".[test]"
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q -e ".[logobench]"
 fi
 .venv/bin/python -c "import tmrjax, jax; print(f'tmrjax {tmrjax.__version__} on jax {jax.__version__} ({jax.default_backend()})')"
