@@ -134,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 3
     if args.export:
         state = result.state
-        command = "tmrjax " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = "tmrjax " + " ".join(shlex.quote(a) for a in args.argv)
         print(f"exported   {export_encoder(state, config, args.export, command)}")
     print(f"done       {result.steps} steps in {args.workdir}")
     return 0
@@ -249,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import PipelineError
     from .weights import WeightsError
 
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (WeightsError, PipelineError, ImageError, FileNotFoundError, NotADirectoryError, ValueError) as e:

@@ -7,7 +7,7 @@ single-device reference, under `jax.vmap` with the same axis name. Per step:
   two augmented views of the local batch (on device)
   key encoder (momentum weights) on the key views, with shuffled BatchNorm: the key
     views of all devices are gathered, permuted by a shared random permutation, and each
-    device encodes one slice, so BN statistics never pair a query with its own key
+    device encodes one slice, so BN statistics do not leak which key belongs to a query
   query encoder on the query views -> InfoNCE over the queue with hard-negative
     selection (cos >= 0.4), + CO2 consistency + KoLeo (hu2024 Sec. 3.3-3.4)
   gradients averaged over devices, optimiser step (CAME), momentum update of the key
@@ -125,6 +125,8 @@ def shard_step(
     params = optax.apply_updates(state.params, updates)
     m = config.moco.momentum
     params_k = jax.tree.map(lambda k, q: m * k + (1.0 - m) * q, state.params_k, params)
+    # Logged and checked for finiteness before any checkpoint of these parameters is saved.
+    terms["param_norm"] = optax.tree.norm(params)
 
     global_batch = b * num_shards
     queue = jax.lax.dynamic_update_slice_in_dim(state.queue, k_global, state.queue_ptr, axis=0)
@@ -186,6 +188,11 @@ def check_queue(config: ConfigDict, global_batch: int) -> None:
         raise ValueError(
             f"moco.queue_size={config.moco.queue_size} is not divisible by the global batch "
             f"{global_batch}; pick a queue length that is a multiple of it"
+        )
+    if not 0 <= config.moco.min_negatives <= config.moco.queue_size:
+        raise ValueError(
+            f"moco.min_negatives={config.moco.min_negatives} must lie in [0, moco.queue_size="
+            f"{config.moco.queue_size}]"
         )
 
 

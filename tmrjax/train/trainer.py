@@ -169,8 +169,16 @@ def train(
         values = {k: float(v) for k, v in jax.device_get(terms).items()}
         window_images += global_batch
         if not all(math.isfinite(v) for v in values.values()):
+            if last_good is not None and last_good >= step:
+                # Step `step` started from the parameters saved as checkpoint `step`: they
+                # already gave a non-finite loss, so that checkpoint is not good.
+                manager.wait_until_finished()
+                for bad in [s for s in manager.all_steps() if s >= step]:
+                    manager.delete(bad)
+                earlier = [s for s in manager.all_steps() if s < step]
+                last_good = max(earlier) if earlier else None
             raise TrainingDiverged(
-                f"non-finite loss at step {step} ({values}); last good checkpoint: "
+                f"non-finite loss or parameters at step {step + 1} ({values}); last good checkpoint: "
                 f"{'step ' + str(last_good) + ' in ' + str(workdir / 'checkpoints') if last_good is not None else 'none'}"
             )
         if (step + 1) % config.log_every_steps == 0 or step + 1 == end:

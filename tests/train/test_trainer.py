@@ -1,0 +1,320 @@
+"""tmrjax/train/trainer.py and `tmrjax train`: resume, divergence, config pass-through, export.
+
+Every run trains a tiny Hu2024Encoder on 40 synthetic marks (2 steps per epoch of 16) on
+the 8 CPU devices. All runs of the real encoder use one config (`TINY`), so the persistent
+compilation cache of tests/conftest.py compiles their step once; the `tmrjax train` test
+passes the same values as ``--set`` options. Divergence is simulated outside the compiled
+step (a wrapper around it), so it needs no compilation of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tmrjax import cli
+from tmrjax.pipeline import load_config
+from tmrjax.train import moco, trainer
+from tmrjax.train.trainer import TrainingDiverged, train
+
+NUM_MARKS = 40
+# moco_small_cpu shrunk (see tiny_config in test_moco.py): the same values there.
+TINY = {
+    "data.image_size": 72,
+    "augment.output_size": 64,
+    "model.blocks_per_stage": (1, 1, 1, 1),
+    "model.width": 8,
+    "model.projection_dim": 16,
+    "model.eca": False,
+    "model.coordinate_attention": False,
+    "model.awff": False,
+    "model.laff": False,
+    "moco.queue_size": 64,
+    "moco.min_negatives": 8,
+    "batch_size": 16,
+    # Not in the compiled step:
+    "data.workers": 2,
+    "eval.every_steps": 0,
+    "checkpoint_every_steps": 2,
+    "log_every_steps": 1,
+}
+TERMS = ("loss", "info_nce", "co2", "koleo", "accuracy", "hard_negatives")
+
+
+def override(config, key, value):
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def tiny_config(source, **changes):
+    config = load_config("moco_small_cpu")
+    for key, value in {**TINY, "data.source": str(source), **changes}.items():
+        override(config, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def marks(tmp_path_factory, mark_factory):
+    _, write_marks = mark_factory
+    root = tmp_path_factory.mktemp("train_marks")
+    write_marks(root, count=NUM_MARKS)
+    return root
+
+
+def quiet_train(*args, **kwargs):
+    lines = []
+    result = train(*args, log=lines.append, **kwargs)
+    return result, lines
+
+
+def log_records(workdir):
+    return [json.loads(line) for line in (workdir / "log.jsonl").read_text().splitlines()]
+
+
+def checkpoint_steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def without_timing(record):
+    return {k: v for k, v in record.items() if k != "images_per_s_per_device"}
+
+
+def assert_same_state(a, b):
+    """Bit for bit: the same compiled step on the same inputs."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.shape == y.shape and x.dtype == y.dtype, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_eight_cpu_devices():
+    assert jax.device_count() == 8, "tests/conftest.py must force 8 host devices via XLA_FLAGS"
+
+
+# ------------------------------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def straight(marks, tmp_path_factory):
+    """6 uninterrupted steps."""
+    workdir = tmp_path_factory.mktemp("straight")
+    result, _ = quiet_train(tiny_config(marks), workdir, max_steps=6)
+    return workdir, result
+
+
+def test_uninterrupted_run_logs_every_step(straight):
+    workdir, result = straight
+    assert result.steps == 6 and int(result.state.step) == 6
+    assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log_records(workdir)] == [1, 2, 3, 4, 5, 6]
+    for record in result.history:
+        assert all(math.isfinite(record[name]) for name in TERMS)
+        assert record["epoch"] == record["step"] / 2
+    assert checkpoint_steps(workdir) == [2, 4, 6]
+    assert json.loads((workdir / "config.json").read_text())["moco"]["queue_size"] == 64
+
+
+@pytest.fixture(scope="module")
+def stopped(marks, tmp_path_factory):
+    """A run stopped after 3 steps (max_steps=3 saves step 3 as well as step 2)."""
+    workdir = tmp_path_factory.mktemp("stopped")
+    result, _ = quiet_train(tiny_config(marks), workdir, max_steps=3)
+    return workdir, result
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["stopped", "killed"])
+def test_resume_gives_the_same_losses_and_state_as_an_uninterrupted_run(marks, straight, stopped, tmp_path,
+                                                                        killed):
+    """Resumed to 6 steps after a stop at step 3, or after a kill between step 3 and its
+    checkpoint (the last checkpoint is then step 2)."""
+    _, whole = straight
+    first_dir, first = stopped
+    assert checkpoint_steps(first_dir) == [2, 3]
+    workdir = tmp_path / "run"
+    shutil.copytree(first_dir, workdir)
+    if killed:
+        shutil.rmtree(workdir / "checkpoints" / "3")
+    start = 2 if killed else 3
+    second, lines = quiet_train(tiny_config(marks), workdir, resume=True, max_steps=6)
+    assert any(line.startswith(f"resume     from step {start} ") for line in lines)
+    assert [r["step"] for r in first.history] == [1, 2, 3]
+    assert [r["step"] for r in second.history] == list(range(start + 1, 7))
+    resumed = [without_timing(r) for r in first.history[:start] + second.history]
+    assert resumed == [without_timing(r) for r in whole.history]  # bit for bit
+    assert_same_state(second.state, whole.state)
+
+
+def test_a_workdir_with_checkpoints_needs_resume(marks, straight):
+    workdir, _ = straight
+    with pytest.raises(ValueError, match="has checkpoints; pass resume=True"):
+        quiet_train(tiny_config(marks), workdir, max_steps=6)
+
+
+# ---------------------------------------------------------------------------------- divergence
+
+
+def poisoned_step_factory(at_step, part):
+    """`moco.make_train_step` whose step from state.step == at_step returns NaN loss terms
+    (part="terms"), or finite terms and NaN parameters (part="params": an overflowing update)."""
+    real = moco.make_train_step
+
+    def make(encoder, tx, config, mesh):
+        step_fn = real(encoder, tx, config, mesh)
+
+        def step(state, images, rng):
+            current = int(state.step)
+            state, terms = step_fn(state, images, rng)
+            if current == at_step and part == "terms":
+                terms = {name: value * jnp.nan for name, value in terms.items()}
+            if current == at_step and part == "params":
+                state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+            return state, terms
+
+        return step
+
+    return make
+
+
+def diverge(marks, workdir, at_step, part):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(moco, "make_train_step", poisoned_step_factory(at_step, part))
+        with pytest.raises(TrainingDiverged) as info:
+            quiet_train(tiny_config(marks), workdir, max_steps=6)
+    return str(info.value)
+
+
+@pytest.fixture(scope="module")
+def nan_loss(marks, tmp_path_factory):
+    """A run whose 4th step (state.step 3 -> 4) has a NaN loss; checkpoints every 2 steps."""
+    workdir = tmp_path_factory.mktemp("nan_loss")
+    return workdir, diverge(marks, workdir, at_step=3, part="terms")
+
+
+def test_nan_loss_stops_the_run_before_its_checkpoint(nan_loss):
+    workdir, message = nan_loss
+    assert "non-finite loss" in message and "nan" in message
+    assert f"last good checkpoint: step 2 in {workdir / 'checkpoints'}" in message
+    assert checkpoint_steps(workdir) == [2]  # the checkpoint after the bad step is never written
+    assert [r["step"] for r in log_records(workdir)] == [1, 2, 3]
+
+
+def test_nan_loss_message_numbers_steps_as_the_log_does(nan_loss):
+    """log.jsonl's "step" counts steps done (the 4th step logs step 4), and checkpoints are
+    named the same way; the message must name the failed step in that numbering."""
+    workdir, message = nan_loss
+    assert [r["step"] for r in log_records(workdir)] == [1, 2, 3]  # steps 1..3 were fine
+    assert "non-finite loss or parameters at step 4 " in message
+
+
+def test_no_checkpoint_holds_a_diverged_state(marks, tmp_path):
+    """The update of the 4th step overflows (its loss, computed before the update, is finite),
+    so the 5th step, the first from that state, has a NaN loss. The state after 4 steps is not
+    good: it must not be left as checkpoint 4, nor named as the last good checkpoint.
+    (The same happens for real with optim.learning_rate=1e30: checkpoint 2 holds params of
+    ~1e31 and the 3rd step's loss is NaN.)"""
+    message = diverge(marks, tmp_path, at_step=3, part="params")
+    assert "non-finite" in message
+    saved = checkpoint_steps(tmp_path)
+    with ocp.CheckpointManager((tmp_path / "checkpoints").absolute()) as manager:
+        for step in saved:
+            params = manager.restore(step, args=ocp.args.StandardRestore())["params"]
+            assert all(np.isfinite(x).all() for x in jax.tree.leaves(params)), (
+                f"checkpoint {step} holds non-finite params; the error says: {message}")
+    assert saved == [2]
+    assert f"last good checkpoint: step 2 in {tmp_path / 'checkpoints'}" in message
+
+
+# ---------------------------------------------------------------------- config pass-through
+
+
+class PooledEncoder(nn.Module):
+    """A tiny stand-in encoder (colour means and spreads -> BatchNorm -> Dense), compiled in seconds."""
+
+    projection_dim: int
+
+    @nn.compact
+    def __call__(self, images, train=False, project=False):
+        feature = jnp.concatenate([jnp.mean(images, axis=(1, 2)), jnp.std(images, axis=(1, 2))], axis=-1)
+        feature = nn.BatchNorm(use_running_average=not train, name="bn")(feature / 255.0)
+        projection = nn.Dense(self.projection_dim, name="head")(feature)
+        return (feature, projection) if project else feature
+
+
+def test_loss_settings_reach_the_logged_terms(marks, tmp_path, monkeypatch):
+    """A threshold above every cosine with no floor keeps no negative: InfoNCE and CO2 are 0
+    and the loss is KoLeo times its weight, as the config says."""
+    monkeypatch.setattr(trainer, "build_encoder", lambda config: PooledEncoder(config.model.projection_dim))
+    config = tiny_config(marks, **{"moco.hard_negative_threshold": 1.01, "moco.min_negatives": 0,
+                                   "moco.koleo_weight": 0.25})
+    result, _ = quiet_train(config, tmp_path, max_steps=2)
+    assert [r["step"] for r in result.history] == [1, 2]
+    for record in log_records(tmp_path):
+        assert record["hard_negatives"] == 0.0
+        # Up to float rounding: InfoNCE is -log(e^{s+} / e^{s+}), CO2 compares two uniform
+        # distributions over the (all masked) negatives.
+        assert abs(record["info_nce"]) < 1e-6 and abs(record["co2"]) < 1e-6
+        assert record["koleo"] > 0.0
+        assert record["loss"] == pytest.approx(0.25 * record["koleo"], rel=1e-6)
+
+
+def test_min_negatives_larger_than_the_queue_is_a_config_error(marks, tmp_path):
+    """moco_small_cpu keeps 256 negatives; with a 64-key queue the config is wrong, and train()
+    must name the field (as it does for moco.queue_size), not fail inside the traced loss."""
+    config = tiny_config(marks, **{"moco.min_negatives": 256})
+    with pytest.raises(ValueError, match=r"moco\.min_negatives"):
+        quiet_train(config, tmp_path, max_steps=1)
+
+
+# ------------------------------------------------------------------------- tmrjax train + export
+
+
+@pytest.fixture(scope="module")
+def cli_run(marks, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    settings = {**TINY, "data.source": str(marks)}
+    argv = ["train", "--config", "moco_small_cpu", "--workdir", str(root / "run"), "--max-steps", "2",
+            "--export", str(root / "encoder")]
+    for key, value in settings.items():
+        argv += ["--set", f"{key}={value}"]
+    return root, argv, cli.main(argv)
+
+
+def test_cli_train_exports_the_encoder(cli_run):
+    root, _, code = cli_run
+    assert code == 0
+    meta = json.loads((root / "encoder" / "meta.json").read_text())
+    assert meta["format"] == "tmrjax-encoder/1"
+    assert meta["trained_with"] == "moco_small_cpu"
+    assert meta["steps"] == 2
+    assert meta["model"]["width"] == 8 and list(meta["model"]["blocks_per_stage"]) == [1, 1, 1, 1]
+    assert checkpoint_steps(root / "run") == [2]
+    # The exported variables are the trained query encoder's, in bfloat16.
+    with ocp.StandardCheckpointer() as checkpointer:
+        exported = checkpointer.restore((root / "encoder" / "variables").absolute())
+    with ocp.CheckpointManager((root / "run" / "checkpoints").absolute()) as manager:
+        trained = manager.restore(2, args=ocp.args.StandardRestore())
+    for name in ("params", "batch_stats"):
+        leaves = jax.tree.leaves(exported[name])
+        assert leaves and all(np.asarray(x).dtype == jnp.bfloat16 for x in leaves)
+        for x, y in zip(leaves, jax.tree.leaves(trained[name])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y).astype(jnp.bfloat16))
+
+
+def test_cli_export_records_the_train_command(cli_run):
+    """meta.json's "command" is the command that trained the encoder (the argv given to main)."""
+    root, argv, _ = cli_run
+    meta = json.loads((root / "encoder" / "meta.json").read_text())
+    assert meta["command"] == "tmrjax " + shlex.join(argv)
