@@ -16,6 +16,7 @@ shape); the method is data (the config), never a branch on its name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -222,6 +223,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         validate_config(self.config)
+        self.__dict__.pop("raw_dim", None)  # the config may have changed since it was cached
         tap, embed = self.config.backbone.tap, self.config.embed
         module = self.module
         self._features = jax.jit(lambda v, x: module.apply(v, x)[tap])
@@ -327,9 +329,9 @@ class Pipeline:
     def resolutions(self) -> tuple[int, ...]:
         return tuple(int(r) for r in self.config.embed.resolutions)
 
-    @property
+    @functools.cached_property
     def raw_dim(self) -> int:
-        """D': channels of the tap times the pooling's width (2 for SMAC)."""
+        """D': channels of the tap times the pooling's width (2 for SMAC); traced once, then cached."""
         features = jax.eval_shape(
             lambda x: self.module.apply(self.variables, x)[self.config.backbone.tap],
             jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
