@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip "setuptools>=69" wheel
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel
 if [[ "${1:-}" == "--test" ]]; then
   # torch 2.14.1 + torchvision 0.29.1 is the pair whose torchvision imports here (CUDA build, runs on CPU).
   .venv/bin/python -m pip install -q -e ".[test]"
