@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import os
@@ -31,13 +30,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 import torchvision
-
-import harness
 
 DTYPES = {"float32": (jnp.float32, torch.float32), "bfloat16": (jnp.bfloat16, torch.bfloat16)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -120,17 +118,17 @@ def rmac_grid(H: int, W: int, L: int) -> list[tuple[int, int, int, int]]:
         wl = math.floor(2 * w / (level + 1))
         if wl == 0:
             continue
-        wl2 = math.floor(wl / 2 - 1)
-
-        def starts(length: int, extra: int) -> list[int]:
-            n = level + extra
-            step = 0 if n == 1 else (length - wl) / (n - 1)
-            return (torch.floor(wl2 + torch.arange(n, dtype=torch.float32) * step) - wl2).int().tolist()
-
-        for y in starts(H, Hd):
-            for x in starts(W, Wd):
+        for y in _window_starts(H, wl, level + Hd):
+            for x in _window_starts(W, wl, level + Wd):
                 boxes.append((y, x, y + wl, x + wl))
     return boxes
+
+
+def _window_starts(length: int, wl: int, n: int) -> list[int]:
+    """First cells of n windows of width wl spread over length (centres floored, as cirtorch)."""
+    wl2 = math.floor(wl / 2 - 1)
+    step = 0 if n == 1 else (length - wl) / (n - 1)
+    return (torch.floor(wl2 + torch.arange(n, dtype=torch.float32) * step) - wl2).int().tolist()
 
 
 def region_pool(x: torch.Tensor, boxes, pooling: str) -> torch.Tensor:
@@ -184,7 +182,7 @@ class TorchPipeline:
         self.device, self.dtype = device, dtype
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        as_t = lambda a: None if a is None else torch.from_numpy(np.asarray(a)).to(device)  # noqa: E731
+        as_t = lambda a: None if a is None else torch.from_numpy(np.asarray(a)).to(device)
         self.pca_mean = as_t(arts.pca_mean) if arts else None
         self.pca_proj = as_t(arts.pca_projection) if arts else None
         self.centroids = as_t(arts.centroids) if arts else None
@@ -284,10 +282,12 @@ def check_equal(name: str, pipe, twin, batch: int) -> dict:
     }
 
 
+def _calls(pipe, twin: TorchPipeline, images: list) -> dict:
+    return {"torch": lambda: twin.embed(images), "tmrjax": lambda: pipe.embed_batch(images)}
+
+
 def compare_pipeline(name: str, backbones: Backbones, device, args, checks: list, load) -> list[dict]:
     """Check one pipeline against its twin (appended to `checks`), then time both per batch size."""
-    from tmrjax.pipeline import needs_fit
-
     pipe, twin = make_pair(name, backbones, jnp.float32, torch.float32, device)
     checks.append({"pipeline": name, **check_equal(name, pipe, twin, args.check_batch)})
     print(f"  {name}: check {checks[-1]}", file=sys.stderr, flush=True)
@@ -296,14 +296,7 @@ def compare_pipeline(name: str, backbones: Backbones, device, args, checks: list
     results = []
     for batch in harness.csv_ints(args.batch_sizes):
         images = harness.random_images(pipe.resolutions, batch)
-        fns = {"torch": lambda: twin.embed(images), "tmrjax": lambda: pipe.embed_batch(images)}
-        if needs_fit(pipe.config):
-            # embed_features runs check_artefacts on every batch; without it is what tmrjax would
-            # take with the check done once (a copy of the pipeline with the check a no-op).
-            unchecked = copy.copy(pipe)
-            unchecked.check_artefacts = lambda: None
-            fns["tmrjax w/o check"] = lambda: unchecked.embed_batch(images)
-        times = harness.measure_blocks(fns, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, load=load)
+        times = harness.measure_blocks(_calls(pipe, twin, images), warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, load=load)
         results.append({"pipeline": name, "batch": batch, "dtype": args.dtype, **times})
         print(f"  {name} B={batch}: " + ", ".join(f"{k} {harness.median(v):.3f}s" for k, v in times.items()),
               file=sys.stderr, flush=True)
@@ -322,7 +315,7 @@ def main(argv=None) -> None:
         for name in harness.csv_list(args.pipelines):
             try:
                 results += compare_pipeline(name, backbones, device, args, checks, load)
-            except Exception as e:  # report it in the output and go on with the other pipelines
+            except Exception as e:  # noqa: BLE001 -- reported in the output; the other pipelines go on
                 failures.append({"pipeline": name, "error": harness.error_text(e)})
                 print(f"  {name}: FAILED {failures[-1]['error']}", file=sys.stderr, flush=True)
 
@@ -343,22 +336,17 @@ def main(argv=None) -> None:
     rows = []
     for r in results:
         ours, theirs = harness.median(r["tmrjax"]), harness.median(r["torch"])
-        unchecked = harness.median(r["tmrjax w/o check"]) if "tmrjax w/o check" in r else ours
         rows.append([
             r["pipeline"], r["batch"], f"{r['batch'] / theirs:.2f}", f"{r['batch'] / ours:.2f}",
-            f"{theirs / ours:.2f}", f"{r['batch'] / unchecked:.2f}", f"{theirs / unchecked:.2f}",
-            f"{harness.spread(r['torch'])} / {harness.spread(r['tmrjax'])}",
+            f"{theirs / ours:.2f}", f"{harness.spread(r['torch'])} / {harness.spread(r['tmrjax'])}",
         ])
     print(harness.markdown_table(
-        ["pipeline", "B", "torch img/s", "tmrjax img/s", "ratio", "tmrjax w/o check img/s", "ratio w/o check",
-         "spread torch / tmrjax"], rows))
+        ["pipeline", "B", "torch img/s", "tmrjax img/s", "ratio", "spread torch / tmrjax"], rows))
     for f in failures:
         print(f"\n**{f['pipeline']}: failed, not compared**: `{f['error']}`")
     print(
-        "\nratio = tmrjax img/s / torch img/s (> 1: tmrjax faster). w/o check: tmrjax with "
-        "`Pipeline.check_artefacts` made a no-op on a copy of the pipeline; `embed_features` runs it on every "
-        "batch and, for pipelines with PCA-w/URA, it re-traces the backbone to get the descriptor width "
-        "(timed only for those pipelines). spread: (max - min) / median of the timed calls. "
+        "\nratio = tmrjax img/s / torch img/s (> 1: tmrjax faster). "
+        "spread: (max - min) / median of the timed calls. "
         f"{harness.STAND_IN_NOTE}; both sides use the same ones."
     )
     if args.json:
