@@ -190,6 +190,24 @@ def test_mac_embedding_is_the_l2_normalised_global_max(fast_random_init, tiny_co
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", available_configs())
+def test_every_pipeline_config_fits_and_embeds(name, tiny_config, marks_dir, mark_factory, tmp_path):
+    from tmrjax.fit import fit_pipeline
+    from tmrjax.pipeline import needs_fit
+
+    multi_resolution = len(load_config(name).embed.resolutions) > 1
+    config = tiny_config(name, resolutions=(64, 96) if multi_resolution else (96,))
+    if config.embed.region_levels == 0 and config.embed.pca_whitening_dim:
+        config.embed.pca_whitening_dim = 8  # global pooling: 12 marks give 12 descriptors
+    pipeline = Pipeline.create(config)
+    if needs_fit(config):
+        pipeline = fit_pipeline(pipeline, marks_dir, tmp_path / name, progress=False)
+    vectors = tmrjax.embed([np.asarray(mark_factory[0](s)) for s in range(3)], pipeline)
+    assert vectors.shape == (3, pipeline.dim) and np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert pipeline.dim == (pipeline.raw_dim if not config.embed.pca_whitening_dim else config.embed.pca_whitening_dim)
+
+
 def test_embed_gives_unit_float32_rows(ura_fitted, mark_factory):
     pipeline, _ = ura_fitted
     vectors = tmrjax.embed([np.asarray(mark_factory[0](s)) for s in range(5)], pipeline)

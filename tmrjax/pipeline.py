@@ -30,7 +30,9 @@ from ml_collections import ConfigDict
 
 from . import __version__
 from .fileio import write_atomic
-from .kernels import crow, idf, pooling, regions, whitening
+from .kernels import idf, pooling, regions, whitening
+# The function: `tmrjax.kernels.crow` names it, not its module (kernels/__init__.py).
+from .kernels.crow import crow
 from .weights import load_backbone, random_variables
 from .models import build_backbone
 
@@ -111,7 +113,7 @@ POOLINGS: dict[str, Pooling] = {
         lambda x, e: pooling.gem(x, p=e.gem_p), lambda x, b, e: pooling.regional_gem(x, b, p=e.gem_p), 1
     ),
     "smac": Pooling(lambda x, e: pooling.smac(x), lambda x, b, e: pooling.regional_smac(x, b), 2),
-    "crow": Pooling(lambda x, e: crow.crow(x), None, 1),
+    "crow": Pooling(lambda x, e: crow(x), None, 1),
 }
 ATTENTIONS = ("none", "idf")
 
@@ -228,6 +230,7 @@ class Pipeline:
         module = self.module
         self._features = jax.jit(lambda v, x: module.apply(v, x)[tap])
         self._describe = jax.jit(lambda v, x: describe(module.apply(v, x)[tap], embed))
+        self._describe_features = jax.jit(lambda f: describe(f, embed))
         self._postprocess = jax.jit(postprocess)
         self._aggregate = jax.jit(lambda a, f: aggregate_resolution(f, embed, a))
         self._device_arts = {k: jnp.asarray(v) for k, v in (self.artefacts or Artefacts()).arrays().items()}
@@ -395,6 +398,10 @@ class Pipeline:
     def describe_batch(self, images: np.ndarray) -> jax.Array:
         """Raw regional descriptors (B, R, D') of one resolution's uint8 batch."""
         return self._describe(self.variables, jnp.asarray(images))
+
+    def describe_features(self, features: jax.Array) -> jax.Array:
+        """Raw regional descriptors (B, R, D') of one resolution's feature map (B, h, w, C)."""
+        return self._describe_features(features)
 
     def postprocess_batch(self, descriptors: jax.Array) -> jax.Array:
         return self._postprocess(descriptors, self._device_arts)
