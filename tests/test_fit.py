@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tmrjax.data.images import FailureLog, iter_batches, list_images
-from tmrjax.fit import FolderImages, describe_fit, fit_pipeline, sample_ids
+from tmrjax.fit import FolderImages, describe_fit, fit_pipeline, fit_pipelines, sample_ids
 from tmrjax.kernels.idf import idf_from_document_frequency
 from tmrjax.pipeline import Pipeline, PipelineError, config_hash
 
@@ -80,6 +80,33 @@ def test_fit_is_deterministic_with_the_same_seed(small_fitted, tmp_path):
     for name, array in first.artefacts.arrays().items():
         np.testing.assert_array_equal(getattr(again.artefacts, name), array, err_msg=name)
     assert (tmp_path / "again" / "pipeline.json").is_file()
+
+
+def test_fitting_together_shares_backbone_passes_and_equals_fitting_alone(tiny_config, small_fitted, tmp_path,
+                                                                          monkeypatch):
+    ura, _, _, folder = small_fitted  # mr_rsmac_ura at 64 px, folder with one broken file
+    other_tap = tiny_config("rmac", (64,))  # a second backbone group: another feature map
+    other_tap.backbone.tap, other_tap.name = "conv3", "rmac_conv3"
+    configs = [tiny_config("rmac", (64,)), tiny_config("rsmac", (64,)), ura.config, other_tap]
+    alone = [fit_pipeline(Pipeline.create(c), folder, tmp_path / f"alone{i}", progress=False)
+             for i, c in enumerate(configs)]
+
+    passes = []
+    original = Pipeline.features_batch
+    monkeypatch.setattr(Pipeline, "features_batch",
+                        lambda self, images: passes.append((self.name, images.shape[1])) or original(self, images))
+    failures = FailureLog()
+    together = fit_pipelines([Pipeline.create(c) for c in configs], folder,
+                             [tmp_path / f"together{i}" for i in range(4)], failures=failures, progress=False)
+    for a, b in zip(alone, together):
+        for name, array in a.artefacts.arrays().items():
+            np.testing.assert_allclose(getattr(b.artefacts, name), array, atol=1e-6, err_msg=f"{a.name} {name}")
+    # 7 files in batches of 4: conv2 group 2 batches for PCA-w + 2 for URA; conv3 2 for PCA-w.
+    # (Fitting alone: 2 + 2 + 4 + 2 = 10 passes.)
+    assert len(passes) == 6 and [name for name, _ in passes].count("rmac_conv3") == 2
+    assert [f[0] for f in failures.failures] == ["broken.png"]  # read by both groups, reported once
+    info = json.loads((tmp_path / "together1" / "pipeline.json").read_text())
+    assert info["data"]["fitted_with"] == ["rmac", "rsmac", "mr_rsmac_ura"]
 
 
 def test_fit_skips_unreadable_files_and_records_them(small_fitted):

@@ -216,7 +216,7 @@ def run_eval(
     Vectors and fitted artefacts are cached under `out_dir/cache/` per (dataset subset,
     pipeline config hash, weights), so a second run only evaluates.
     """
-    from .fit import fit_pipeline
+    from .fit import fit_pipelines
 
     out = Path(out_dir)
     benchmark = load_benchmark(dataset, max_distractors=max_distractors, data_dir=data_dir)
@@ -231,6 +231,7 @@ def run_eval(
     caches = [out / "cache" / subset / f"{c.name}-{config_hash(c)}-{tag}" for c in configs]
     vectors: dict[str, np.ndarray] = {}
     todo: list[Pipeline] = []
+    to_fit: list[tuple[Pipeline, Path]] = []
     for config, cache in zip(configs, caches):
         if (cache / "vectors.npy").is_file():
             vectors[config.name] = np.load(cache / "vectors.npy")
@@ -241,12 +242,14 @@ def run_eval(
         else:
             pipeline = Pipeline.create(config, weights=weights)
             if needs_fit(config):
-                started = time.time()
-                pipeline = fit_pipeline(pipeline, GalleryImages(benchmark), cache / "pipeline",
-                                        num_images=fit_images, progress=progress)
-                log(f"fitted     {config.name} on {min(fit_images or config.fit.num_images, len(benchmark.gallery_rows))} "
-                    f"gallery marks in {time.time() - started:.0f} s")
+                to_fit.append((pipeline, cache / "pipeline"))
         todo.append(pipeline)
+    if to_fit:
+        started = time.time()
+        fit_pipelines([p for p, _ in to_fit], GalleryImages(benchmark), [d for _, d in to_fit],
+                      num_images=fit_images, progress=progress)
+        log(f"fitted     {', '.join(p.name for p, _ in to_fit)} on the gallery in {time.time() - started:.0f} s "
+            f"({min(fit_images or max(p.config.fit.num_images for p, _ in to_fit), len(benchmark.gallery_rows))} marks)")
     if todo:
         for pipeline, v in zip(todo, embed_benchmark(benchmark, todo, progress=progress)):
             cache = caches[labels.index(pipeline.name)]

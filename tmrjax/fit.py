@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -73,16 +74,24 @@ def sample_ids(ids: Sequence[str], num_images: int, seed: int) -> list[str]:
 
 
 def _regional_batches(
-    pipeline: Pipeline, images, ids: Sequence[str], failures: FailureLog, desc: str, progress: bool
-) -> Iterator[list[np.ndarray]]:
-    """Per valid image of each batch, raw regional descriptors of every resolution: list of (B, R, D')."""
+    pipelines: Sequence[Pipeline], images, ids: Sequence[str], failures: FailureLog, desc: str, progress: bool
+) -> Iterator[list[list[jax.Array]]]:
+    """Per batch, per pipeline, per resolution: raw regional descriptors (B_valid, R, D').
+
+    The pipelines share one backbone (equal `backbone_key`): each resolution's feature map is
+    computed once and every pipeline pools its own regions from it.
+    """
     from tqdm.auto import tqdm
 
-    batches = images.batches(ids, pipeline.resolutions, pipeline.config.batch_size, failures)
+    sizes = tuple(sorted({r for p in pipelines for r in p.resolutions}))
+    lead = pipelines[0]
+    batch_size = max(p.config.batch_size for p in pipelines)
+    batches = images.batches(ids, sizes, batch_size, failures)
     with tqdm(total=len(ids), unit="img", desc=desc, disable=not progress) as bar:
         reported = len(failures)
         for batch in batches:
-            yield [pipeline.describe_batch(images)[batch.valid] for images in batch.images]
+            features = {s: lead.features_batch(x) for s, x in zip(sizes, batch.images)}
+            yield [[p.describe_features(features[r])[batch.valid] for r in p.resolutions] for p in pipelines]
             bar.update(len(batch.ids) + len(failures) - reported)
             reported = len(failures)
 
@@ -101,80 +110,133 @@ def fit_pipeline(
     `batches(ids, sizes, batch_size, failures)` (e.g. a benchmark's gallery). Writes
     `out_dir/pipeline.json` + `artefacts.npz` and returns the fitted pipeline.
     """
-    import faiss
+    return fit_pipelines([pipeline], images, [out_dir], num_images, failures, progress)[0]
 
-    config = pipeline.config
-    if not needs_fit(config):
-        raise PipelineError(f"{config.name}: nothing to fit (no PCA-whitening, no attention)")
-    fit = config.fit
+
+def fit_pipelines(
+    pipelines: Sequence[Pipeline],
+    images,
+    out_dirs: Sequence[str | os.PathLike],
+    num_images: int | None = None,
+    failures: FailureLog | None = None,
+    progress: bool = True,
+) -> list[Pipeline]:
+    """`fit_pipeline` for several pipelines, sharing backbone passes where they can.
+
+    Pipelines with the same backbone (weights and tap) and the same image sample (fit
+    `num_images` and `seed`) read each image once per resolution, as `tmrjax eval` embeds
+    them: fitting R-MAC, R-SMAC and MR-R-SMAC+URA costs about one ResNet50 pass per
+    resolution and pass, not one per pipeline. Each result equals fitting it alone.
+    """
+    if len(pipelines) != len(out_dirs):
+        raise ValueError(f"{len(pipelines)} pipelines but {len(out_dirs)} output directories")
+    for pipeline in pipelines:
+        if not needs_fit(pipeline.config):
+            raise PipelineError(f"{pipeline.name}: nothing to fit (no PCA-whitening, no attention)")
     if isinstance(images, (str, os.PathLike)):
         images = FolderImages(images)
     if not images.ids:
         raise PipelineError(f"{images.describe()}: no images to fit on")
     failures = failures if failures is not None else FailureLog()
-    paths = sample_ids(images.ids, num_images or fit.num_images, fit.seed)
-    rng = np.random.default_rng(fit.seed)
+    samples = [sample_ids(images.ids, num_images or p.config.fit.num_images, p.config.fit.seed) for p in pipelines]
+    groups: dict[tuple, list[int]] = {}
+    for i, (pipeline, paths) in enumerate(zip(pipelines, samples)):
+        groups.setdefault((pipeline.backbone_key, tuple(paths)), []).append(i)
+    for members in groups.values():
+        skipped = FailureLog()
+        _fit_group([pipelines[i] for i in members], images, samples[members[0]],
+                   [out_dirs[i] for i in members], skipped, progress)
+        known = set(failures.failures)
+        for path, reason in skipped.failures:  # each unreadable file reported once
+            if (path, reason) not in known:
+                failures.add(path, reason)
+    return list(pipelines)
+
+
+def _fit_group(
+    pipelines: Sequence[Pipeline], images, paths: list[str], out_dirs: Sequence[str | os.PathLike],
+    failures: FailureLog, progress: bool,
+) -> None:
+    """Fit pipelines that share a backbone and an image sample (see `fit_pipelines`)."""
+    import faiss
+
     started = time.time()
+    rngs = [np.random.default_rng(p.config.fit.seed) for p in pipelines]
+    names = "+".join(p.name for p in pipelines)
 
     # Pass 1: PCA-whitening from a uniform sample of l2-normalised raw regional descriptors.
-    reservoir = _Reservoir(fit.max_descriptors, pipeline.raw_dim, rng)
+    reservoirs = [_Reservoir(p.config.fit.max_descriptors, p.raw_dim, rng) for p, rng in zip(pipelines, rngs)]
     images_used = 0
-    for per_resolution in _regional_batches(pipeline, images, paths, failures, "fit: PCA-w", progress):
-        images_used += len(per_resolution[0])
-        for descriptors in per_resolution:
-            x = np.asarray(descriptors, np.float32).reshape(-1, descriptors.shape[-1])
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            reservoir.add(x / np.maximum(norms, 1e-6))
-    sample = reservoir.sample()
-    dim = config.embed.pca_whitening_dim
-    if len(sample) < dim + 1:
-        raise PipelineError(
-            f"{images.describe()}: {len(sample)} regional descriptors from {images_used} images cannot fit "
-            f"PCA-whitening to {dim} dims; fit on more images"
-        )
-    mean, projection = whitening.learn_pca_whitening(jnp.asarray(sample), dim)
-    pipeline.artefacts = Artefacts(pca_mean=np.asarray(mean), pca_projection=np.asarray(projection))
-    pipeline.__post_init__()
-
-    # Pass 2 (URA): codebook of post-processed regions, IDF over images as documents.
-    if config.embed.attention == "idf":
-        k = config.embed.codebook_size
-        # float32 (R_total, d) per image, 90 x 256 x 4 bytes = 92 KB (2.8 GB for 30,000 marks):
-        # words are assigned on exactly the values embedding will see.
-        per_image = []
-        for per_resolution in _regional_batches(pipeline, images, paths, FailureLog(), "fit: URA", progress):
-            post = np.concatenate([np.asarray(pipeline.postprocess_batch(d)) for d in per_resolution], axis=1)
-            per_image.extend(post.astype(np.float32))
-        regions = np.stack(per_image)  # (N, R_total, d)
-        flat = regions.reshape(-1, dim).astype(np.float32)
-        if len(flat) < k:
-            raise PipelineError(f"{images.describe()}: {len(flat)} regional descriptors cannot train {k} visual words")
-        train = flat[rng.choice(len(flat), min(len(flat), fit.max_descriptors), replace=False)]
-        kmeans = faiss.Kmeans(dim, k, niter=fit.kmeans_iterations, seed=fit.seed, verbose=False)
-        kmeans.train(np.ascontiguousarray(train))
-        centroids = np.asarray(kmeans.centroids, np.float32)
-        _, words = kmeans.index.search(np.ascontiguousarray(flat), 1)
-        words = words.reshape(regions.shape[:2])
-        df = idf_kernels.document_frequency(jnp.asarray(words), jnp.ones(words.shape, bool), k)
-        idf = idf_kernels.idf_from_document_frequency(df, len(regions))
-        pipeline.artefacts.centroids = centroids
-        pipeline.artefacts.idf = np.asarray(idf, np.float32)
+    for per_pipeline in _regional_batches(pipelines, images, paths, failures, f"fit PCA-w {names}", progress):
+        images_used += len(per_pipeline[0][0])
+        for reservoir, per_resolution in zip(reservoirs, per_pipeline):
+            for descriptors in per_resolution:
+                x = np.asarray(descriptors, np.float32).reshape(-1, descriptors.shape[-1])
+                norms = np.linalg.norm(x, axis=1, keepdims=True)
+                reservoir.add(x / np.maximum(norms, 1e-6))
+    samples = [r.sample() for r in reservoirs]
+    for pipeline, sample in zip(pipelines, samples):
+        dim = pipeline.config.embed.pca_whitening_dim
+        if len(sample) < dim + 1:
+            raise PipelineError(
+                f"{images.describe()}: {len(sample)} regional descriptors from {images_used} images cannot fit "
+                f"{pipeline.name}'s PCA-whitening to {dim} dims; fit on more images"
+            )
+        mean, projection = whitening.learn_pca_whitening(jnp.asarray(sample), dim)
+        pipeline.artefacts = Artefacts(pca_mean=np.asarray(mean), pca_projection=np.asarray(projection))
         pipeline.__post_init__()
 
-    pipeline.check_artefacts()
-    pipeline.save(
-        out_dir,
-        data={
-            "images": images.describe(),
-            "images_sampled": len(paths),
-            "images_used": images_used,
-            "images_skipped": len(failures),
-            "pca_descriptors": int(len(sample)),
-            "seed": int(fit.seed),
-            "seconds": round(time.time() - started, 1),
-        },
-    )
-    return pipeline
+    # Pass 2 (URA): codebook of post-processed regions, IDF over images as documents.
+    ura = [i for i, p in enumerate(pipelines) if p.config.embed.attention == "idf"]
+    if ura:
+        # float32 (R_total, d) per image, 90 x 256 x 4 bytes = 92 KB (2.8 GB for 30,000 marks):
+        # words are assigned on exactly the values embedding will see.
+        per_image: dict[int, list[np.ndarray]] = {i: [] for i in ura}
+        members = [pipelines[i] for i in ura]
+        for per_pipeline in _regional_batches(members, images, paths, FailureLog(), "fit URA " + "+".join(
+                p.name for p in members), progress):
+            for i, per_resolution in zip(ura, per_pipeline):
+                pipeline = pipelines[i]
+                post = np.concatenate([np.asarray(pipeline.postprocess_batch(d)) for d in per_resolution], axis=1)
+                per_image[i].extend(post.astype(np.float32))
+        for i in ura:
+            _fit_codebook(pipelines[i], np.stack(per_image.pop(i)), rngs[i], images, faiss)
+
+    for pipeline, sample, out_dir in zip(pipelines, samples, out_dirs):
+        pipeline.check_artefacts()
+        pipeline.save(
+            out_dir,
+            data={
+                "images": images.describe(),
+                "images_sampled": len(paths),
+                "images_used": images_used,
+                "images_skipped": len(failures),
+                "pca_descriptors": int(len(sample)),
+                "seed": int(pipeline.config.fit.seed),
+                "seconds": round(time.time() - started, 1),
+                "fitted_with": [p.name for p in pipelines],
+            },
+        )
+
+
+def _fit_codebook(pipeline: Pipeline, regions: np.ndarray, rng: np.random.Generator, images, faiss) -> None:
+    """URA: k-means words of post-processed regions (N, R_total, d) and their IDF over images."""
+    fit, embed = pipeline.config.fit, pipeline.config.embed
+    k, dim = embed.codebook_size, embed.pca_whitening_dim
+    flat = regions.reshape(-1, dim).astype(np.float32)
+    if len(flat) < k:
+        raise PipelineError(f"{images.describe()}: {len(flat)} regional descriptors cannot train {k} visual words")
+    train = flat[rng.choice(len(flat), min(len(flat), fit.max_descriptors), replace=False)]
+    kmeans = faiss.Kmeans(dim, k, niter=fit.kmeans_iterations, seed=fit.seed, verbose=False)
+    kmeans.train(np.ascontiguousarray(train))
+    centroids = np.asarray(kmeans.centroids, np.float32)
+    _, words = kmeans.index.search(np.ascontiguousarray(flat), 1)
+    words = words.reshape(regions.shape[:2])
+    df = idf_kernels.document_frequency(jnp.asarray(words), jnp.ones(words.shape, bool), k)
+    idf = idf_kernels.idf_from_document_frequency(df, len(regions))
+    pipeline.artefacts.centroids = centroids
+    pipeline.artefacts.idf = np.asarray(idf, np.float32)
+    pipeline.__post_init__()
 
 
 def describe_fit(pipeline: Pipeline) -> dict[str, Any]:
