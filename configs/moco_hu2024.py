@@ -64,4 +64,7 @@ def get_config() -> ConfigDict:
     c.eval.max_distractors = None
     c.eval.every_steps = 2000
     c.eval.batch_size = 128
+    # hu2024 Sec. 4.2 evaluates with PCA-whitening to 256 (learned on unlabelled marks): each
+    # evaluation reports the raw features and, beside them, whitened on the benchmark's gallery.
+    c.eval.pca_whitening_dim = 256
     return c

@@ -318,3 +318,55 @@ def test_cli_export_records_the_train_command(cli_run):
     root, argv, _ = cli_run
     meta = json.loads((root / "encoder" / "meta.json").read_text())
     assert meta["command"] == "tmrjax " + shlex.join(argv)
+
+
+# ----------------------------------------------------------------------------------------
+# Periodic retrieval evaluation (raw and, as hu2024 Sec. 4.2 evaluates, PCA-whitened)
+
+
+def test_whitening_for_evaluation_is_learned_on_the_gallery_only():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 12)).astype(np.float32)
+    white = trainer.whiten_on_gallery(vectors, num_queries=10, dim=6)
+    assert white.shape == (60, 6)
+    np.testing.assert_allclose(np.linalg.norm(white, axis=1), 1.0, atol=1e-5)
+    moved = vectors.copy()
+    moved[:10] = rng.normal(size=(10, 12)) * 5  # other queries: the same whitening of the gallery
+    np.testing.assert_allclose(trainer.whiten_on_gallery(moved, 10, 6)[10:], white[10:], atol=1e-5)
+    # numpy reference (cosines do not depend on the eigenvectors' signs)
+    gallery = vectors[10:].astype(np.float64)
+    values, vecs = np.linalg.eigh(np.cov(gallery, rowvar=False))
+    order = np.argsort(values)[::-1][:6]
+    ref = (vectors - gallery.mean(axis=0)) @ (vecs[:, order] / np.sqrt(values[order] + 1e-6))
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(white @ white.T, ref @ ref.T, atol=1e-4)
+
+
+def test_evaluation_reports_raw_and_pca_whitened_retrieval(monkeypatch, mark_factory, marks):
+    import tmrjax.evaluation
+    from tmrjax.evaluation import Benchmark
+
+    draw_mark = mark_factory[0]
+    queries = [{"image": np.asarray(draw_mark(g, size).convert("RGB")), "id": f"g{g}-{m}".encode(), "group": g}
+               for g in range(3) for m, size in enumerate([(96, 96), (128, 80)])]
+    gallery = [{"image": np.asarray(draw_mark(100 + i).convert("RGB")), "id": f"d{i}".encode(), "group": -1}
+               for i in range(24)]
+    bench = Benchmark("tiny/bench", queries, gallery, np.arange(len(gallery)))
+    monkeypatch.setattr(tmrjax.evaluation, "load_benchmark", lambda *a, **k: bench)
+    config = tiny_config(marks, **{"eval.every_steps": 1, "eval.batch_size": 8, "eval.pca_whitening_dim": 4})
+    encoder = trainer.build_encoder(config)
+    variables = encoder.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=False, project=True)
+    state = moco.TrainState(step=0, params=variables["params"], batch_stats=variables["batch_stats"],
+                            params_k=None, batch_stats_k=None, opt_state=None, queue=None, queue_ptr=None)
+    lines = []
+    record = trainer._Evaluator(config, encoder, lines.append)(state, 7)
+    assert record["step"] == 7 and record["protocol"] == "metu-official"
+    assert 0 <= record["NAR"] <= 1 and 0 < record["MAP@100"] <= 1
+    white = record["pca_whitened"]
+    assert white["dim"] == 4 and 0 <= white["NAR"] <= 1 and 0 < white["MAP@100"] <= 1
+    [line] = lines
+    assert "NAR" in line and "PCA-w 4: NAR" in line
+
+    config.eval.pca_whitening_dim = 24  # 24 gallery marks cannot give 24 whitened dimensions
+    with pytest.raises(ValueError, match="eval.pca_whitening_dim=24 needs more than 24 gallery images"):
+        trainer._Evaluator(config, encoder, lines.append)
