@@ -35,6 +35,34 @@ def _check_layout_and_taps(layout: str, taps: Sequence[str], available: Sequence
         raise ValueError(f"unknown feature tap(s) {unknown}; available: {tuple(available)}")
 
 
+class PointwiseConv(nn.Module):
+    """A 1x1 convolution (optionally strided) computed as a matmul over channels.
+
+    The same parameters as ``nn.Conv(features, (1, 1), strides, padding="VALID")`` (``kernel``
+    (1, 1, C_in, C_out), ``bias``) and the same result up to float32 summation order, but
+    XLA:CPU runs a 1x1 convolution through its generic convolution path at about half the
+    speed of the equivalent matmul (benchmarks/RESULTS.md); on GPUs both are one GEMM.
+    """
+
+    features: int
+    strides: int = 1
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype) if self.use_bias else None
+        if self.strides > 1:  # a VALID 1x1 convolution with stride s reads every s-th pixel
+            x = x[:, :: self.strides, :: self.strides, :]
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+        return y if bias is None else y + bias
+
+
 class Bottleneck(nn.Module):
     """Bottleneck residual block (1x1 -> 3x3 -> 1x1, expansion 4)."""
 
@@ -48,6 +76,7 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         keras = self.layout == "keras"
         conv = functools.partial(nn.Conv, use_bias=keras, dtype=self.dtype)
+        pointwise = functools.partial(PointwiseConv, use_bias=keras, dtype=self.dtype)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -56,17 +85,16 @@ class Bottleneck(nn.Module):
             dtype=self.dtype,
         )
         stride_1x1, stride_3x3 = (self.strides, 1) if keras else (1, self.strides)
-        s1, s3 = (stride_1x1, stride_1x1), (stride_3x3, stride_3x3)
+        s3 = (stride_3x3, stride_3x3)
 
-        y = conv(self.width, (1, 1), strides=s1, padding="VALID", name="conv1")(x)
+        y = pointwise(self.width, strides=stride_1x1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.width, (3, 3), strides=s3, padding=((1, 1), (1, 1)), name="conv2")(y)
         y = nn.relu(norm(name="bn2")(y))
-        y = conv(4 * self.width, (1, 1), padding="VALID", name="conv3")(y)
+        y = pointwise(4 * self.width, name="conv3")(y)
         y = norm(name="bn3")(y)
         if self.project_shortcut:
-            s = (self.strides, self.strides)
-            x = conv(4 * self.width, (1, 1), strides=s, padding="VALID", name="shortcut_conv")(x)
+            x = pointwise(4 * self.width, strides=self.strides, name="shortcut_conv")(x)
             x = norm(name="shortcut_bn")(x)
         return nn.relu(x + y)
 
