@@ -107,6 +107,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_config_field(config, key: str, value) -> None:
+    """`--set a.b=value` on a training config; a misspelt field is an error, not a new field.
+
+    `augment.*` may name any `AugmentConfig` field (the config lists only the ones it changes).
+    """
+    import dataclasses
+
+    from .train.augment import AugmentConfig
+
+    *parents, leaf = key.split(".")
+    node = config
+    for depth, part in enumerate(parents):
+        if part not in node:
+            raise ValueError(f"--set {key}: the config has no field {'.'.join(parents[: depth + 1])!r}")
+        node = node[part]
+    augment_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    if leaf not in node and not (parents == ["augment"] and leaf in augment_fields):
+        known = sorted(set(node.keys()) | (augment_fields if parents == ["augment"] else set()))
+        raise ValueError(f"--set {key}: no field {leaf!r} there; fields: {', '.join(known)}")
+    node[leaf] = value
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import ast
     import shlex
@@ -121,11 +143,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             parsed = value
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = parsed
+        set_config_field(config, key, parsed)
     try:
         result = train(config, args.workdir, resume=args.resume, max_steps=args.max_steps,
                        distributed=args.distributed)

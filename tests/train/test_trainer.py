@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import shutil
 
@@ -111,12 +112,12 @@ def test_eight_cpu_devices():
 def straight(marks, tmp_path_factory):
     """6 uninterrupted steps."""
     workdir = tmp_path_factory.mktemp("straight")
-    result, _ = quiet_train(tiny_config(marks), workdir, max_steps=6)
-    return workdir, result
+    result, lines = quiet_train(tiny_config(marks), workdir, max_steps=6)
+    return workdir, result, lines
 
 
 def test_uninterrupted_run_logs_every_step(straight):
-    workdir, result = straight
+    workdir, result, _ = straight
     assert result.steps == 6 and int(result.state.step) == 6
     assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in log_records(workdir)] == [1, 2, 3, 4, 5, 6]
@@ -125,6 +126,12 @@ def test_uninterrupted_run_logs_every_step(straight):
         assert record["epoch"] == record["step"] / 2
     assert checkpoint_steps(workdir) == [2, 4, 6]
     assert json.loads((workdir / "config.json").read_text())["moco"]["queue_size"] == 64
+
+
+def test_a_queue_larger_than_half_the_data_is_warned_about(straight):
+    *_, lines = straight  # 64 keys, 40 marks: last epoch's key of the anchor is in the queue
+    [warning] = [line for line in lines if line.startswith("warning")]
+    assert "moco.queue_size=64" in warning and "40 training images" in warning
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +147,7 @@ def test_resume_gives_the_same_losses_and_state_as_an_uninterrupted_run(marks, s
                                                                         killed):
     """Resumed to 6 steps after a stop at step 3, or after a kill between step 3 and its
     checkpoint (the last checkpoint is then step 2)."""
-    _, whole = straight
+    _, whole, _ = straight
     first_dir, first = stopped
     assert checkpoint_steps(first_dir) == [2, 3]
     workdir = tmp_path / "run"
@@ -158,7 +165,7 @@ def test_resume_gives_the_same_losses_and_state_as_an_uninterrupted_run(marks, s
 
 
 def test_a_workdir_with_checkpoints_needs_resume(marks, straight):
-    workdir, _ = straight
+    workdir, _, _ = straight
     with pytest.raises(ValueError, match="has checkpoints; pass resume=True"):
         quiet_train(tiny_config(marks), workdir, max_steps=6)
 
@@ -318,6 +325,26 @@ def test_cli_export_records_the_train_command(cli_run):
     root, argv, _ = cli_run
     meta = json.loads((root / "encoder" / "meta.json").read_text())
     assert meta["command"] == "tmrjax " + shlex.join(argv)
+
+
+@pytest.mark.parametrize("key, message", [
+    ("moco.momentun", "no field 'momentun' there; fields: .*momentum"),
+    ("mocco.momentum", "the config has no field 'mocco'"),
+    ("augment.blur_sigmaa", "no field 'blur_sigmaa' there; fields: .*blur_sigma"),
+])
+def test_cli_train_refuses_a_misspelt_config_field(key, message, tmp_path, capsys):
+    code = cli.main(["train", "--config", "moco_small_cpu", "--workdir", str(tmp_path / "run"), "--set", f"{key}=1"])
+    assert code == 2
+    assert re.search(f"--set {re.escape(key)}: {message}", capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_config_field_accepts_any_augmentation_field():
+    config = load_config("moco_small_cpu")
+    cli.set_config_field(config, "augment.blur_sigma", (0.1, 0.6))
+    cli.set_config_field(config, "moco.momentum", 0.99)
+    assert tuple(config.augment.blur_sigma) == (0.1, 0.6) and config.moco.momentum == 0.99
+    assert moco.augment_config(config).blur_sigma == (0.1, 0.6)
 
 
 # ----------------------------------------------------------------------------------------

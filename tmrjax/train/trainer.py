@@ -117,6 +117,11 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"{config.data.source}: {len(source)} images < one global batch of {global_batch}")
     total_steps = config.epochs * steps_per_epoch
+    if config.moco.queue_size > len(source) // 2:
+        log(f"warning    moco.queue_size={config.moco.queue_size} holds keys of more than half of the "
+            f"{len(source)} training images: an anchor's own key from the previous epoch can sit in the "
+            f"queue as a negative, and hard-negative selection picks it first; use a queue well below "
+            f"the dataset size")
     encoder = build_encoder(config)
     tx, schedule = build_optimizer(config, steps_per_epoch)
     rng = jax.random.key(config.seed)
