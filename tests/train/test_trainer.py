@@ -394,6 +394,9 @@ def test_evaluation_reports_raw_and_pca_whitened_retrieval(monkeypatch, mark_fac
     [line] = lines
     assert "NAR" in line and "PCA-w 4: NAR" in line
 
+    config.eval.pca_whitening_dim = 257  # the tiny encoder's feature: GAP of its 256-channel end map
+    with pytest.raises(ValueError, match="eval.pca_whitening_dim=257 exceeds the encoder's 256-d features"):
+        trainer._Evaluator(config, encoder, lines.append)
     config.eval.pca_whitening_dim = 24  # 24 gallery marks cannot give 24 whitened dimensions
     with pytest.raises(ValueError, match="eval.pca_whitening_dim=24 needs more than 24 gallery images"):
         trainer._Evaluator(config, encoder, lines.append)

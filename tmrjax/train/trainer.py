@@ -245,6 +245,15 @@ class _Evaluator:
         self.log = log
         self.benchmark = load_benchmark(config.eval.dataset, max_distractors=config.eval.max_distractors)
         self.pca_dim = int(config.eval.get("pca_whitening_dim", 0))
+        size = config.augment.output_size
+        self.images = self.benchmark.images_at(size)
+        self._encode = jax.jit(lambda v, x: moco.encode(encoder, v, x))
+        if self.pca_dim:
+            variables = jax.eval_shape(lambda: encoder.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                                            train=False, project=False))
+            dim = jax.eval_shape(self._encode, variables, jnp.zeros((1, size, size, 3), jnp.uint8)).shape[-1]
+            if self.pca_dim > dim:
+                raise ValueError(f"eval.pca_whitening_dim={self.pca_dim} exceeds the encoder's {dim}-d features")
         gallery = len(self.benchmark.gallery_rows)
         if self.pca_dim and gallery <= self.pca_dim:
             raise ValueError(
@@ -252,9 +261,6 @@ class _Evaluator:
                 f"learn from; {config.eval.dataset} with eval.max_distractors={config.eval.max_distractors} "
                 f"has {gallery}"
             )
-        size = config.augment.output_size
-        self.images = self.benchmark.images_at(size)
-        self._encode = jax.jit(lambda v, x: moco.encode(encoder, v, x))
 
     def __call__(self, state: moco.TrainState, step: int) -> dict:
         from ..metrics import evaluate
