@@ -35,6 +35,7 @@ def main(argv=None) -> None:
     runs = [
         ("embed_throughput", embed_args),
         ("torch_reference", embed_args),
+        ("conv_layers", []),
         ("faiss_search", ["--sizes", args.faiss_sizes] if args.faiss_sizes else []),
     ]
     if args.out:
