@@ -5,7 +5,8 @@
 # benchmark's marks as a folder and searches one query with the fitted pipeline (tmrjax fit/index/search).
 #
 #   bash scripts/demo.sh                       # random backbone weights (said in the output)
-#   WEIGHTS=converted_weights/resnet50-tv bash scripts/demo.sh   # converted ImageNet weights
+#   WEIGHTS="converted_weights/resnet50-tv converted_weights/vgg16-tv" bash scripts/demo.sh
+#                                              # converted ImageNet weights, one per architecture
 #
 # The default evaluates all 37 query groups against 200 distractors (DISTRACTORS=5000: the whole
 # small benchmark) and fits PCA-w/URA on 200 gallery marks (FIT_IMAGES); on 2 CPU cores most of
@@ -24,7 +25,7 @@ PIPELINES="${PIPELINES:-mac,spoc,crow,rmac,rsmac,mr_rsmac_ura}"
 DISTRACTORS="${DISTRACTORS:-200}"
 FIT_IMAGES="${FIT_IMAGES:-200}"
 weights=()
-[[ -n "${WEIGHTS:-}" ]] && weights=(--weights "$WEIGHTS")
+for w in ${WEIGHTS:-}; do weights+=(--weights "$w"); done
 
 tmrjax eval --dataset logo_groups/small --pipelines "$PIPELINES" \
   --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo "${weights[@]}"
@@ -32,6 +33,6 @@ tmrjax eval --dataset logo_groups/small --pipelines "$PIPELINES" \
 # The same marks as a folder: fit on it, index it, search it (adds only new files when re-run).
 tmrjax export --dataset logo_groups/small --out data/logo_groups_small --max-distractors "$DISTRACTORS"
 fitted=$(ls -d runs/demo/cache/*/mr_rsmac_ura-*/pipeline | head -1)
-tmrjax index data/logo_groups_small --pipeline "$fitted" --out runs/demo/index "${weights[@]}"
+tmrjax index data/logo_groups_small --pipeline "$fitted" --out runs/demo/index  # with the weights it was fitted with
 query=$(ls data/logo_groups_small/queries/*.png | head -1)
 tmrjax search runs/demo/index "$query" -k 10

@@ -148,3 +148,37 @@ def test_export_writes_queries_and_gallery_as_a_folder(tmp_path, bench):
     assert queries[:3] == ["000-g0-0.png", "000-g0-1.png", "000-g0-2.png"] and len(queries) == 9
     assert gallery == [f"d{i}.png" for i in range(6)]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "queries" / "000-g0-1.png")), bench.image(1))
+
+
+def _converted(root, arch, seed):
+    from tmrjax.weights import random_variables, save_backbone
+
+    return save_backbone(root / f"{arch}-{seed}", arch, "torchvision", random_variables(arch, "torchvision", seed),
+                         {"file": f"{arch}.pth", "sha256": f"{seed:064x}"})
+
+
+def test_each_pipeline_takes_the_weights_of_its_architecture(configs_dir, fake_benchmark, tmp_path):
+    vgg = _converted(tmp_path, "vgg16", 1)
+    lines = []
+    names = [str(configs_dir / "tiny_mac.py"), str(configs_dir / "tiny_rmac.py")]
+    rows, _ = run_eval("tiny/bench", names, tmp_path / "run", weights=[vgg], progress=False,
+                       log=lines.append, report_queries=2)
+    assert [r.weights for r in rows] == ["vgg16-1-00000000", "random-init"]  # directory name + sha256[:8]
+    assert any("tiny_rmac: no resnet50 weights given; its backbone is RANDOMLY INITIALISED" in line for line in lines)
+    # The VGG row used the converted weights: the same vectors as a pipeline built on them.
+    expected = embed_benchmark(fake_benchmark, [Pipeline.create(evaluation.load_config(names[0]), weights=vgg)],
+                               progress=False)[0]
+    cached = next((tmp_path / "run" / "cache").glob("*/tiny_mac-*/vectors.npy"))
+    np.testing.assert_allclose(np.load(cached), expected, atol=1e-6)
+
+
+def test_weights_by_arch_refuses_two_of_one_architecture_and_non_backbones(tmp_path):
+    from tmrjax.weights import WeightsError
+
+    first, second = _converted(tmp_path, "vgg16", 1), _converted(tmp_path, "vgg16", 2)
+    assert evaluation.weights_by_arch(first) == {"vgg16": str(first)}
+    assert evaluation.weights_by_arch(None) == {}
+    with pytest.raises(WeightsError, match="are both vgg16 backbones; give one per architecture"):
+        evaluation.weights_by_arch([first, second])
+    with pytest.raises(WeightsError, match="no meta.json; not a converted backbone"):
+        evaluation.weights_by_arch([tmp_path])

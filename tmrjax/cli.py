@@ -83,7 +83,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import format_table, run_eval
 
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
-    if args.weights is None:
+    if not args.weights:
         print("note       backbone weights are RANDOMLY INITIALISED (no --weights given): the table measures "
               "the pipelines on untrained features, not the papers' ImageNet numbers.")
     rows, report = run_eval(
@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="fit, embed and score pipelines on a benchmark; prints the papers' table")
     p.add_argument("--dataset", required=True, help="tfds benchmark, e.g. logo_groups/small or metu_trademark")
     p.add_argument("--pipelines", required=True, help="comma-separated config names, e.g. mac,rmac,mr_rsmac_ura")
-    p.add_argument("--weights", help="converted backbone directory (random initialisation if omitted)")
+    p.add_argument("--weights", action="append", metavar="DIR",
+                   help="converted backbone directory; repeat for one per architecture (e.g. a ResNet50 and a "
+                        "VGG16): each pipeline takes the one of its backbone, random initialisation if none")
     p.add_argument("--max-distractors", type=int, help="evaluate against a seeded subset of the gallery")
     p.add_argument("--fit-images", type=int, help="gallery marks sampled to fit PCA-w/URA (default: config)")
     p.add_argument("--protocol", default="metu-official", choices=["metu-official", "hu2024"])

@@ -198,11 +198,32 @@ def _weights_tag(weights: str | None) -> str:
     return f"{Path(weights).name}-{(sha or 'nosha')[:8]}"
 
 
+def weights_by_arch(weights: str | os.PathLike | Sequence[str | os.PathLike] | None) -> dict[str, str]:
+    """{arch: directory} of converted backbones (each meta.json names its architecture).
+
+    `tmrjax eval` compares VGG16 and ResNet50 pipelines in one table, so it takes one converted
+    backbone per architecture and gives each pipeline the one it needs.
+    """
+    from .weights import WeightsError
+
+    paths = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
+    out: dict[str, str] = {}
+    for path in paths:
+        meta_path = Path(path) / "meta.json"
+        if not meta_path.is_file():
+            raise WeightsError(f"{path}: no meta.json; not a converted backbone (see `tmrjax convert`)")
+        arch = json.loads(meta_path.read_text()).get("arch")
+        if arch in out:
+            raise WeightsError(f"{out[arch]} and {path} are both {arch} backbones; give one per architecture")
+        out[arch] = str(path)
+    return out
+
+
 def run_eval(
     dataset: str,
     pipeline_names: Sequence[str],
     out_dir: str | os.PathLike,
-    weights: str | None = None,
+    weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     max_distractors: int | None = None,
     fit_images: int | None = None,
     protocol: str = "metu-official",
@@ -213,8 +234,10 @@ def run_eval(
 ) -> tuple[list[Row], Path]:
     """Fit what each pipeline needs on the gallery, embed the database, score, report.
 
-    Vectors and fitted artefacts are cached under `out_dir/cache/` per (dataset subset,
-    pipeline config hash, weights), so a second run only evaluates.
+    `weights`: converted backbone directories, at most one per architecture; each pipeline
+    uses the one of its backbone's architecture, or random initialisation if none is given
+    (logged). Vectors and fitted artefacts are cached under `out_dir/cache/` per (dataset
+    subset, pipeline config hash, weights), so a second run only evaluates.
     """
     from .fit import fit_pipelines
 
@@ -223,16 +246,26 @@ def run_eval(
     subset = f"{benchmark.name.replace('/', '_')}-q{benchmark.num_queries}-g{len(benchmark.gallery_rows)}"
     log(f"dataset    {benchmark.name}: {benchmark.num_queries} queries in "
         f"{len(set(benchmark.groups[benchmark.groups >= 0]))} groups + {len(benchmark.gallery_rows)} distractors")
-    tag = _weights_tag(weights)
     configs = [load_config(name) for name in pipeline_names]
     labels = [c.name for c in configs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"pipelines {list(pipeline_names)} repeat a config name: {labels}")
-    caches = [out / "cache" / subset / f"{c.name}-{config_hash(c)}-{tag}" for c in configs]
+    by_arch = weights_by_arch(weights)
+    chosen = [by_arch.get(c.backbone.arch) for c in configs]
+    if by_arch:
+        for config, w in zip(configs, chosen):
+            if w is None:
+                log(f"note       {config.name}: no {config.backbone.arch} weights given; its backbone is "
+                    f"RANDOMLY INITIALISED")
+        for arch, path in by_arch.items():
+            if arch not in {c.backbone.arch for c in configs}:
+                log(f"note       {path} ({arch}): no pipeline of this run uses it")
+    tags = [_weights_tag(w) for w in chosen]
+    caches = [out / "cache" / subset / f"{c.name}-{config_hash(c)}-{tag}" for c, tag in zip(configs, tags)]
     vectors: dict[str, np.ndarray] = {}
     todo: list[Pipeline] = []
     to_fit: list[tuple[Pipeline, Path]] = []
-    for config, cache in zip(configs, caches):
+    for config, cache, weights in zip(configs, caches, chosen):
         if (cache / "vectors.npy").is_file():
             vectors[config.name] = np.load(cache / "vectors.npy")
             log(f"cached     {config.name}: {cache}")
@@ -259,7 +292,7 @@ def run_eval(
 
     rows: list[Row] = []
     evaluations: dict[str, Evaluation] = {}
-    for config in configs:
+    for config, tag in zip(configs, tags):
         result = evaluate(vectors[config.name], benchmark.query_rows, benchmark.relevant, k=100, protocol=protocol)
         evaluations[config.name] = result
         rows.append(Row(config.name, config.paper_row, int(vectors[config.name].shape[1]), result.nar,
