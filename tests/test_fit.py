@@ -119,6 +119,15 @@ def test_fit_skips_unreadable_files_and_records_them(small_fitted):
     assert pipeline.artefacts.idf.shape == (8,) and np.isfinite(pipeline.artefacts.idf).all()
 
 
+def test_global_pooling_with_too_few_images_for_pca_whitening_fails_before_reading_them(
+        tiny_config, marks_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Pipeline, "features_batch", lambda *_: pytest.fail("read images before refusing"))
+    config = tiny_config("spoc_pcaw", (96,))  # VGG16 SPoC, PCA-w to 16 dims; 12 marks
+    with pytest.raises(PipelineError, match="spoc_pcaw pools one descriptor per image and resolution, so 12 images "
+                                            "give at most 12, too few to fit PCA-whitening to 16 dims; fit on more than 16"):
+        fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "out", progress=False)
+
+
 def test_fit_refuses_a_config_with_nothing_to_fit(tiny_config, marks_dir, tmp_path):
     with pytest.raises(PipelineError, match="mac: nothing to fit"):
         fit_pipeline(Pipeline.create(tiny_config("mac", (64,))), marks_dir, tmp_path / "out", progress=False)

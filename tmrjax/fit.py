@@ -160,6 +160,14 @@ def _fit_group(
     """Fit pipelines that share a backbone and an image sample (see `fit_pipelines`)."""
     import faiss
 
+    for pipeline in pipelines:  # global pooling: one descriptor per image and resolution
+        dim, resolutions = pipeline.config.embed.pca_whitening_dim, len(pipeline.resolutions)
+        if pipeline.config.embed.region_levels == 0 and len(paths) * resolutions <= dim:
+            raise PipelineError(
+                f"{images.describe()}: {pipeline.name} pools one descriptor per image and resolution, so "
+                f"{len(paths)} images give at most {len(paths) * resolutions}, too few to fit PCA-whitening "
+                f"to {dim} dims; fit on more than {dim // resolutions} images"
+            )
     started = time.time()
     rngs = [np.random.default_rng(p.config.fit.seed) for p in pipelines]
     names = "+".join(p.name for p in pipelines)
