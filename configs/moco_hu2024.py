@@ -35,6 +35,10 @@ def get_config() -> ConfigDict:
     c.model.width = 64
     c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     c.init_weights = ""  # converted ImageNet ResNet50 (tmrjax convert), or "" for random init
+    # or an encoder exported by `tmrjax train --export`, e.g. the CosFace pre-training
+    # (configs/cosface_hu2024.py) that hu2024 Sec. 4.2 runs before MoCo
+    c.init_encoder = ""
+    c.objective = "moco"
 
     c.moco = ConfigDict()
     c.moco.queue_size = 65536

@@ -30,14 +30,31 @@ class ImageSource(Protocol):
 
 
 class FolderSource:
-    """Every image under a folder (recursively), padded to a white square and resized."""
+    """Every image under a folder (recursively), padded to a white square and resized.
 
-    def __init__(self, root: str | os.PathLike, size: int):
+    `labelled`: folder-per-class data for supervised pre-training; an image's class is its
+    top-level subfolder under `root` (`root/<class>/.../image.png`), classes numbered in
+    sorted order. Images directly in `root` have no class and are refused.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int, labelled: bool = False):
         self.root = Path(root)
         self.size = size
         self.paths = list_images(self.root)
         if not self.paths:
             raise ValueError(f"{self.root}: no images to train on")
+        self.labels = self.class_names = None
+        if labelled:
+            loose = [p for p in self.paths if "/" not in p]
+            if loose:
+                raise ValueError(
+                    f"{self.root}: {len(loose)} images (e.g. {loose[0]}) lie outside a class folder; "
+                    f"labelled training reads <root>/<class>/<image>"
+                )
+            classes = [p.split("/", 1)[0] for p in self.paths]
+            self.class_names = sorted(set(classes))
+            index = {name: i for i, name in enumerate(self.class_names)}
+            self.labels = np.array([index[c] for c in classes], np.int32)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,7 +72,7 @@ class TfdsSource:
     `spec` is ``NAME/CONFIG:SPLIT[+SPLIT...]``, e.g. ``logo_groups/small:queries+gallery``.
     """
 
-    def __init__(self, spec: str, size: int, data_dir: str | os.PathLike | None = None):
+    def __init__(self, spec: str, size: int, data_dir: str | os.PathLike | None = None, labelled: bool = False):
         from ..data.tfds_source import open_split, parse_spec
 
         name, splits = parse_spec(spec)
@@ -63,13 +80,24 @@ class TfdsSource:
         self.size = size
         self.sources = [open_split(f"{name}:{split}", data_dir) for split in splits.split("+")]
         self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+        self.rows = np.arange(int(self.offsets[-1]))
+        self.labels = self.class_names = None
+        if labelled:  # records with a "group" >= 0 (e.g. logo_groups' and METU's queries)
+            groups = np.array([int(self._record(i).get("group", -1)) for i in self.rows])
+            self.rows = self.rows[groups >= 0]
+            if not len(self.rows):
+                raise ValueError(f"{spec}: no record has a group label >= 0 to train on")
+            self.class_names = [str(g) for g in sorted(set(groups[self.rows].tolist()))]
+            index = {int(g): i for i, g in enumerate(self.class_names)}
+            self.labels = np.array([index[int(g)] for g in groups[self.rows]], np.int32)
 
     def __len__(self) -> int:
-        return int(self.offsets[-1])
+        return len(self.rows)
 
     def _record(self, index: int) -> dict:
-        which = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return self.sources[which][index - int(self.offsets[which])]
+        row = int(self.rows[index])
+        which = int(np.searchsorted(self.offsets, row, side="right") - 1)
+        return self.sources[which][row - int(self.offsets[which])]
 
     def load(self, index: int) -> np.ndarray:
         image = np.asarray(self._record(index)["image"])
@@ -81,11 +109,11 @@ class TfdsSource:
         return f"{self.spec}[{index}]"
 
 
-def open_source(spec: str, size: int) -> ImageSource:
-    """``tfds:NAME/CONFIG:SPLITS`` or a folder path."""
+def open_source(spec: str, size: int, labelled: bool = False) -> ImageSource:
+    """``tfds:NAME/CONFIG:SPLITS`` or a folder path; `labelled` adds `labels` (see the sources)."""
     if spec.startswith("tfds:"):
-        return TfdsSource(spec[len("tfds:"):], size)
-    return FolderSource(spec, size)
+        return TfdsSource(spec[len("tfds:"):], size, labelled=labelled)
+    return FolderSource(spec, size, labelled=labelled)
 
 
 def batch_indices(
@@ -135,14 +163,15 @@ class BatchLoader:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tmrjax-train")
         self.prefetch_steps = prefetch_steps
 
-    def _load_one(self, index: int) -> np.ndarray:
+    def _load_one(self, index: int) -> tuple[np.ndarray, int]:
+        """The image of item `index` (or of the next readable item) and that item's index."""
         n = len(self.source)
         for attempt in range(n):
             i = (index + attempt) % n
             if i in self._bad:
                 continue
             try:
-                return self.source.load(i)
+                return self.source.load(i), i
             except ImageError as e:
                 self._report(i, e.reason)
             except Exception as e:  # one odd file must not end a training run
@@ -154,14 +183,19 @@ class BatchLoader:
             self._bad.add(index)
             self.failures.add(self.source.name(index), reason)
 
-    def _load_step(self, step: int) -> np.ndarray:
+    def _load_step(self, step: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         indices = batch_indices(
             step, self.global_batch, len(self.source), self.seed, self.process_index, self.process_count
         )
-        return np.stack(list(self._pool.map(self._load_one, indices.tolist())))
+        images, loaded = zip(*self._pool.map(self._load_one, indices.tolist()))
+        labels = getattr(self.source, "labels", None)
+        if labels is None:
+            return np.stack(images)
+        return np.stack(images), labels[np.array(loaded)]  # a replaced item brings its own label
 
     def iterate(self, start_step: int, num_steps: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(step, uint8 (local_batch, S, S, 3)) for steps start_step .. num_steps - 1."""
+        """(step, uint8 (local_batch, S, S, 3)) for steps start_step .. num_steps - 1; for a
+        labelled source (step, (images, int32 labels (local_batch,)))."""
         ahead: list[tuple[int, concurrent.futures.Future]] = []
         step = start_step
         feeder = concurrent.futures.ThreadPoolExecutor(max_workers=1)

@@ -1,4 +1,7 @@
-"""The MoCo training run: devices, data, checkpoints, logs, evaluation (`tmrjax train`).
+"""The training run: devices, data, checkpoints, logs, evaluation (`tmrjax train`).
+
+`config.objective` picks the step: "moco" (hu2024's self-supervised MoCo v2, unlabelled
+marks) or "cosface" (hu2024 Sec. 4.2's supervised pre-training on labelled groups).
 
 Runs data-parallel over every device JAX sees: GPUs/TPUs, or CPU devices forced with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. Multi-host: call with
@@ -26,7 +29,7 @@ from ml_collections import ConfigDict
 
 from .. import __version__
 from ..models.hu2024 import Hu2024Encoder, init_from_backbone
-from . import moco
+from . import cosface, moco
 from .data import BatchLoader, open_source
 from .optim import came, decay_mask, warmup_cosine_restarts
 
@@ -110,14 +113,22 @@ def train(
     global_batch = config.batch_size
     if global_batch % jax.device_count():
         raise ValueError(f"batch_size={global_batch} not divisible by {jax.device_count()} devices")
-    moco.check_queue(config, global_batch)
+    objective = config.get("objective", "moco")
+    if objective not in ("moco", "cosface"):
+        raise ValueError(f"objective={objective!r}; expected 'moco' or 'cosface'")
+    supervised = objective == "cosface"
+    if not config.data.source:
+        raise ValueError(f"{config.name}: data.source is empty; set it to an image folder or tfds:NAME:SPLITS"
+                         + (" with group labels (folder per class)" if supervised else ""))
+    if not supervised:
+        moco.check_queue(config, global_batch)
 
-    source = open_source(config.data.source, config.data.image_size)
+    source = open_source(config.data.source, config.data.image_size, labelled=supervised)
     steps_per_epoch = len(source) // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{config.data.source}: {len(source)} images < one global batch of {global_batch}")
     total_steps = config.epochs * steps_per_epoch
-    if config.moco.queue_size > len(source) // 2:
+    if not supervised and config.moco.queue_size > len(source) // 2:
         log(f"warning    moco.queue_size={config.moco.queue_size} holds keys of more than half of the "
             f"{len(source)} training images: an anchor's own key from the previous epoch can sit in the "
             f"queue as a negative, and hard-negative selection picks it first; use a queue well below "
@@ -135,7 +146,16 @@ def train(
         fresh = encoder.init(jax.random.fold_in(rng, 1), jnp.zeros((2, size, size, 3)), train=False, project=True)
         variables = init_from_backbone(backbone_vars, fresh)
         log(f"init       ResNet50 trunk from {config.init_weights} ({meta['source'].get('file')})")
-    state = moco.create_state(encoder, tx, config, jax.random.fold_in(rng, 2), variables)
+    if config.get("init_encoder"):
+        if variables is not None:
+            raise ValueError("init_weights and init_encoder both set; give one starting point")
+        variables = load_encoder(config.init_encoder, config)
+        log(f"init       encoder from {config.init_encoder}")
+    if supervised:
+        state = cosface.create_state(encoder, tx, config, len(source.class_names), jax.random.fold_in(rng, 2),
+                                     variables)
+    else:
+        state = moco.create_state(encoder, tx, config, jax.random.fold_in(rng, 2), variables)
 
     manager = _checkpoint_manager(workdir, config)
     start = 0
@@ -151,7 +171,7 @@ def train(
     sharded = NamedSharding(mesh, P(moco.AXIS))
     # Distinct buffers per leaf (the optimiser state shares constants), so the step can donate them.
     state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), state), replicated)
-    step_fn = moco.make_train_step(encoder, tx, config, mesh)
+    step_fn = (cosface if supervised else moco).make_train_step(encoder, tx, config, mesh)
     step_rng = jax.random.fold_in(rng, 3)
 
     loader = BatchLoader(
@@ -166,7 +186,8 @@ def train(
     last_good = manager.latest_step()
     pending_terms = None
     window_start, window_images = time.time(), 0
-    log(f"train      {config.name}: {len(source)} images, {steps_per_epoch} steps/epoch, "
+    classes = f" in {len(source.class_names)} classes" if supervised else ""
+    log(f"train      {config.name} ({objective}): {len(source)} images{classes}, {steps_per_epoch} steps/epoch, "
         f"{total_steps} steps, global batch {global_batch} on {jax.device_count()} {jax.default_backend()} device(s)")
 
     def finish_step(step: int, terms) -> None:
@@ -204,9 +225,12 @@ def train(
         with open(workdir / "eval.jsonl", "a") as f:
             f.write(json.dumps(evaluations[-1]) + "\n")
     try:
-        for step, local_images in loader.iterate(start, end):
-            images = jax.make_array_from_process_local_data(sharded, local_images)
-            state, terms = step_fn(state, images, step_rng)
+        for step, local in loader.iterate(start, end):
+            if supervised:
+                images, labels = (jax.make_array_from_process_local_data(sharded, x) for x in local)
+                state, terms = step_fn(state, images, labels, step_rng)
+            else:
+                state, terms = step_fn(state, jax.make_array_from_process_local_data(sharded, local), step_rng)
             if pending_terms is not None:  # check the previous step while this one runs
                 finish_step(*pending_terms)
             pending_terms = (step, terms)
@@ -297,6 +321,29 @@ def whiten_on_gallery(vectors: np.ndarray, num_queries: int, dim: int) -> np.nda
     mean, projection = learn_pca_whitening(jnp.asarray(vectors[num_queries:]), dim)
     white = np.asarray(apply_pca_whitening(jnp.asarray(vectors), mean, projection), np.float32)
     return white / np.maximum(np.linalg.norm(white, axis=1, keepdims=True), 1e-12)
+
+
+def load_encoder(path: str | os.PathLike, config: ConfigDict) -> dict:
+    """Variables of an encoder exported by `tmrjax train --export` (float32), checked against
+    the config's model: a MoCo run starting from a CosFace pre-training, or the reverse."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path}: no meta.json; not an encoder exported by `tmrjax train --export`")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != "tmrjax-encoder/1":
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected 'tmrjax-encoder/1'")
+    mine = json.loads(json.dumps(config.model.to_dict(), default=list))
+    theirs = {k: meta["model"].get(k) for k in mine}
+    different = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k] and k != "dtype"}
+    if different:
+        raise ValueError(f"{path}: encoder trained with other model settings than this config: "
+                         + ", ".join(f"model.{k} {a!r} there, {b!r} here" for k, (a, b) in different.items()))
+    with ocp.StandardCheckpointer() as checkpointer:
+        variables = checkpointer.restore(path / "variables")
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), variables)
 
 
 def export_encoder(state: moco.TrainState, config: ConfigDict, out_dir: str | os.PathLike, command: str) -> Path:
