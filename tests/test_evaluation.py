@@ -182,3 +182,19 @@ def test_weights_by_arch_refuses_two_of_one_architecture_and_non_backbones(tmp_p
         evaluation.weights_by_arch([first, second])
     with pytest.raises(WeightsError, match="no meta.json; not a converted backbone"):
         evaluation.weights_by_arch([tmp_path])
+
+
+def test_table_columns_fit_their_longest_entry_and_name_each_rows_weights():
+    from tmrjax.evaluation import Row
+
+    rows = [Row("spoc", "SPoC with centre prior", 256, 0.2118, 0.3307, 0.3455, "metu-official", "vgg16-tv-1a2b3c4d"),
+            Row("mr_rsmac_ura", "MR-R-SMAC w/URA", 256, 0.2284, 0.2501, 0.2685, "metu-official", "random-init")]
+    lines = format_table(rows, "logo_groups/small").splitlines()
+    header, rule, *body = lines[1:]
+    assert len(rule) >= max(len(line) for line in body)
+    for column in ("DIM", "NAR", "MAP@100"):  # right-aligned numbers end where their heading ends
+        end = header.index(column) + len(column)
+        assert all(line[end - 1] != " " and line[end] == " " for line in body), column
+    assert body[0].endswith("vgg16-tv-1a2b3c4d") and body[1].endswith("random-init")
+    single = format_table(rows[1:], "x").splitlines()
+    assert "weights" not in single[1] and single[2] == "-" * len(single[1])

@@ -175,18 +175,25 @@ class Row:
 
 
 def format_table(rows: Sequence[Row], dataset: str) -> str:
-    """The papers' table: method, DIM, NAR (lower is better), MAP@100 and MAP in %."""
+    """The papers' table: method, DIM, NAR (lower is better), MAP@100 and MAP in %.
+
+    Columns fit their longest entry; with more than one backbone (e.g. VGG16 and ResNet50
+    weights), each row names its own.
+    """
     protocols = sorted({r.protocol for r in rows})
     weights = sorted({r.weights for r in rows})
-    lines = [
-        f"{dataset}  (protocol: {', '.join(protocols)}; backbone weights: {', '.join(weights)})",
-        f"{'Method':<22} {'paper row':<20} {'DIM':>5} {'NAR':>7} {'MAP@100':>8} {'MAP':>6}",
-        "-" * 72,
-    ]
+    method = max([len("Method")] + [len(r.method) for r in rows])
+    paper = max([len("paper row")] + [len(r.paper_row) for r in rows])
+    header = f"{'Method':<{method}}  {'paper row':<{paper}}  {'DIM':>5} {'NAR':>7} {'MAP@100':>8} {'MAP':>6}"
+    per_row = len(weights) > 1
+    if per_row:
+        header += "  weights"
+    lines = [f"{dataset}  (protocol: {', '.join(protocols)}; backbone weights: {', '.join(weights)})",
+             header, "-" * (len(header) + (max(len(w) for w in weights) - len("weights") if per_row else 0))]
     for r in rows:
-        lines.append(
-            f"{r.method:<22} {r.paper_row:<20} {r.dim:>5} {r.nar:>7.4f} {100 * r.map_at_100:>8.2f} {100 * r.map:>6.2f}"
-        )
+        line = (f"{r.method:<{method}}  {r.paper_row:<{paper}}  {r.dim:>5} {r.nar:>7.4f} "
+                f"{100 * r.map_at_100:>8.2f} {100 * r.map:>6.2f}")
+        lines.append(line + (f"  {r.weights}" if per_row else ""))
     return "\n".join(lines)
 
 
