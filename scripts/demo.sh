@@ -31,9 +31,11 @@ for w in ${WEIGHTS:-}; do weights+=(--weights "$w"); done
 tmrjax eval --dataset logo_groups/small --pipelines "$PIPELINES" \
   --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo "${weights[@]}"
 
-# The same marks as a folder: fit on it, index it, search it (adds only new files when re-run).
+# The same marks as a folder, indexed with the pipeline fitted above and searched (a re-run adds only new files).
 tmrjax export --dataset logo_groups/small --out data/logo_groups_small --max-distractors "$DISTRACTORS"
-fitted=$(ls -d runs/demo/cache/*/mr_rsmac_ura-*/pipeline | head -1)
-tmrjax index data/logo_groups_small --pipeline "$fitted" --out runs/demo/index  # with the weights it was fitted with
-query=$(ls data/logo_groups_small/queries/*.png | head -1)
-tmrjax search runs/demo/index "$query" -k 10
+# (globs, not `ls | head`: under pipefail, ls killed by SIGPIPE would end the script silently)
+fitted=(runs/demo/cache/*/mr_rsmac_ura-*/pipeline)
+tmrjax index data/logo_groups_small --pipeline "${fitted[0]}" --out runs/demo/index  # with the weights it was fitted with
+queries=(data/logo_groups_small/queries/*.png)
+tmrjax search runs/demo/index "${queries[0]}" -k 10
+echo "demo done: table in runs/demo/results.txt, report runs/demo/report/index.html, index runs/demo/index"
