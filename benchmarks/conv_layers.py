@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     raw = []
     print("## convolution layers: XLA vs PyTorch\n")
-    print("\n".join(f"- {line}" for line in harness.machine_lines()))
+    print(harness.machine_header())
     print(f"- batch {args.batch}, float32, torch {args.torch_threads} threads, median of {args.repeats} calls\n")
     for net in harness.csv_list(args.nets):
         rows, total_xla, total_tmrjax, total_torch = [], 0.0, 0.0, 0.0

@@ -110,16 +110,12 @@ def main(argv=None) -> None:
     batch_sizes = harness.csv_ints(args.batch_sizes)
     load = harness.LoadMonitor()
     load.sample()
-    results = []
-    failures = []
-    for name in harness.csv_list(args.pipelines):
-        try:
-            results += bench_pipeline(name, batch_sizes, DTYPES[args.dtype], args, load)
-        except Exception as e:  # noqa: BLE001 -- reported in the output; the other pipelines go on
-            failures.append({"pipeline": name, "error": harness.error_text(e)})
-            print(f"  {name}: FAILED {failures[-1]['error']}", file=sys.stderr, flush=True)
+    results, failures = harness.measure_each(
+        harness.csv_list(args.pipelines),
+        lambda name: bench_pipeline(name, batch_sizes, DTYPES[args.dtype], args, load),
+    )
     print("## embed throughput (tmrjax)\n")
-    print("\n".join(f"- {line}" for line in harness.machine_lines()))
+    print(harness.machine_header())
     print(f"- load during the run: {load.summary()}")
     print(f"- warm-up {args.warmup} call(s) (compile excluded), median of {args.repeats} timed calls\n")
     print(table(results))

@@ -133,7 +133,7 @@ def main(argv=None) -> None:
         gc.collect()
 
     print("## gallery index (tmrjax.index.GalleryIndex over faiss)\n")
-    print("\n".join(f"- {line}" for line in harness.machine_lines()))
+    print(harness.machine_header())
     print(f"- faiss OpenMP threads: {faiss.omp_get_max_threads()}")
     print(f"- load during the run: {load.summary()}")
     print(f"- data: {args.data} unit vectors, dim {args.dim}; {args.queries} queries, k={args.k}; "

@@ -10,6 +10,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -96,6 +97,13 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def _timed_sample(fn: Callable[[], object], load: LoadMonitor | None) -> float:
+    """`timed(fn)`, sampling the load just before the call."""
+    if load is not None:
+        load.sample()
+    return timed(fn)
+
+
 def measure_interleaved(
     fns: dict[str, Callable[[], object]], warmup: int, repeats: int, load: LoadMonitor | None = None
 ) -> dict[str, list[float]]:
@@ -110,9 +118,7 @@ def measure_interleaved(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if load is not None:
-                load.sample()
-            times[name].append(timed(fn))
+            times[name].append(_timed_sample(fn, load))
     if load is not None:
         load.sample()
     return times
@@ -135,9 +141,7 @@ def measure_blocks(
             for _ in range(warmup if round_index == 0 else min(warmup, 1)):
                 fn()
             for _ in range(repeats):
-                if load is not None:
-                    load.sample()
-                times[name].append(timed(fn))
+                times[name].append(_timed_sample(fn, load))
     if load is not None:
         load.sample()
     return times
@@ -151,6 +155,27 @@ def spread(values: Sequence[float]) -> str:
     """Relative spread of repeated timings, (max - min) / median, as a percentage."""
     m = statistics.median(values)
     return f"{100.0 * (max(values) - min(values)) / m:.0f}%" if m > 0 else "n/a"
+
+
+def measure_each(
+    pipelines: Sequence[str], measure: Callable[[str], list[dict]]
+) -> tuple[list[dict], list[dict]]:
+    """`measure(name)` for each pipeline: (all result rows, failures). A pipeline that fails is
+    reported on stderr and in the failures ({"pipeline", "error"}); the others go on."""
+    results: list[dict] = []
+    failures: list[dict] = []
+    for name in pipelines:
+        try:
+            results += measure(name)
+        except Exception as e:  # noqa: BLE001 -- reported in the output; the other pipelines go on
+            failures.append({"pipeline": name, "error": error_text(e)})
+            print(f"  {name}: FAILED {failures[-1]['error']}", file=sys.stderr, flush=True)
+    return results, failures
+
+
+def machine_header() -> str:
+    """`machine_lines()` as the markdown list that opens every benchmark's output."""
+    return "\n".join(f"- {line}" for line in machine_lines())
 
 
 def machine_lines() -> list[str]:

@@ -309,18 +309,16 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu")
     load = harness.LoadMonitor()
     load.sample()
-    checks, results, failures = [], [], []
+    checks = []
     with tempfile.TemporaryDirectory(prefix="tmrjax-bench-") as tmp:
         backbones = Backbones(Path(tmp))
-        for name in harness.csv_list(args.pipelines):
-            try:
-                results += compare_pipeline(name, backbones, device, args, checks, load)
-            except Exception as e:  # noqa: BLE001 -- reported in the output; the other pipelines go on
-                failures.append({"pipeline": name, "error": harness.error_text(e)})
-                print(f"  {name}: FAILED {failures[-1]['error']}", file=sys.stderr, flush=True)
+        results, failures = harness.measure_each(
+            harness.csv_list(args.pipelines),
+            lambda name: compare_pipeline(name, backbones, device, args, checks, load),
+        )
 
     print("## tmrjax vs PyTorch reference\n")
-    print("\n".join(f"- {line}" for line in harness.machine_lines()))
+    print(harness.machine_header())
     print(f"- torch device {device}, {torch.get_num_threads()} threads; dtype {args.dtype}")
     print(f"- load during the run: {load.summary()}")
     print(f"- each side timed in its own blocks of calls, {args.rounds} round(s) alternating torch and tmrjax; "
