@@ -272,15 +272,15 @@ def run_eval(
     vectors: dict[str, np.ndarray] = {}
     todo: list[Pipeline] = []
     to_fit: list[tuple[Pipeline, Path]] = []
-    for config, cache, weights in zip(configs, caches, chosen):
+    for config, cache, backbone in zip(configs, caches, chosen):
         if (cache / "vectors.npy").is_file():
             vectors[config.name] = np.load(cache / "vectors.npy")
             log(f"cached     {config.name}: {cache}")
             continue
         if needs_fit(config) and (cache / "pipeline" / "pipeline.json").is_file():
-            pipeline = Pipeline.load(cache / "pipeline", weights=weights)
+            pipeline = Pipeline.load(cache / "pipeline", weights=backbone)
         else:
-            pipeline = Pipeline.create(config, weights=weights)
+            pipeline = Pipeline.create(config, weights=backbone)
             if needs_fit(config):
                 to_fit.append((pipeline, cache / "pipeline"))
         todo.append(pipeline)

@@ -229,7 +229,6 @@ class Pipeline:
         tap, embed = self.config.backbone.tap, self.config.embed
         module = self.module
         self._features = jax.jit(lambda v, x: module.apply(v, x)[tap])
-        self._describe = jax.jit(lambda v, x: describe(module.apply(v, x)[tap], embed))
         self._describe_features = jax.jit(lambda f: describe(f, embed))
         self._postprocess = jax.jit(postprocess)
         self._aggregate = jax.jit(lambda a, f: aggregate_resolution(f, embed, a))
@@ -397,7 +396,7 @@ class Pipeline:
 
     def describe_batch(self, images: np.ndarray) -> jax.Array:
         """Raw regional descriptors (B, R, D') of one resolution's uint8 batch."""
-        return self._describe(self.variables, jnp.asarray(images))
+        return self.describe_features(self.features_batch(images))
 
     def describe_features(self, features: jax.Array) -> jax.Array:
         """Raw regional descriptors (B, R, D') of one resolution's feature map (B, h, w, C)."""

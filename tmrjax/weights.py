@@ -55,6 +55,36 @@ def expected_variables(arch: str, layout: str) -> dict[VariablePath, tuple[int, 
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
+def key_problems(
+    expected: Mapping[VariablePath, tuple[int, ...]],
+    arrays: Mapping[VariablePath, Any],
+    missing: str = "missing keys",
+    unexpected: str = "unexpected keys",
+    shape_words: tuple[str, str] = ("expected", "got"),
+) -> list[str]:
+    """What keeps `arrays` from filling `expected` (path -> shape): every missing key, every
+    unexpected key and every shape mismatch, one message part each; [] when they fit.
+
+    The labels name the two sides in the caller's terms (a checkpoint, an encoder trunk).
+    """
+    absent = sorted("/".join(k) for k in expected if k not in arrays)
+    extra = sorted("/".join(k) for k in arrays if k not in expected)
+    ours, theirs = shape_words
+    mismatched = [
+        f"{'/'.join(k)}: {ours} {tuple(expected[k])}, {theirs} {tuple(np.shape(v))}"
+        for k, v in arrays.items()
+        if k in expected and tuple(np.shape(v)) != tuple(expected[k])
+    ]
+    problems = []
+    if absent:
+        problems.append(f"{missing} ({len(absent)}): " + ", ".join(absent))
+    if extra:
+        problems.append(f"{unexpected} ({len(extra)}): " + ", ".join(extra))
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    return problems
+
+
 def assemble_variables(
     arch: str, layout: str, flat: Mapping[VariablePath, np.ndarray], source: str
 ) -> dict:
@@ -63,21 +93,7 @@ def assemble_variables(
     Raises WeightsError listing every missing key, every unexpected key and every shape
     mismatch (key, expected, got) at once, naming `source`.
     """
-    expected = expected_variables(arch, layout)
-    missing = sorted("/".join(k) for k in expected if k not in flat)
-    unexpected = sorted("/".join(k) for k in flat if k not in expected)
-    mismatched = [
-        f"{'/'.join(k)}: expected {expected[k]}, got {tuple(np.shape(v))}"
-        for k, v in flat.items()
-        if k in expected and tuple(np.shape(v)) != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
+    problems = key_problems(expected_variables(arch, layout), flat)
     if problems:
         raise WeightsError(f"{source}: not a {arch} ({layout}) checkpoint: " + " | ".join(problems))
     nested: dict = {}

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ..weights import WeightsError
+from ..weights import WeightsError, key_problems
 from .resnet import STAGES, Bottleneck, ResNet50
 
 # Output channels of the three AWFF blocks (Sec. 3.5) and LAFF's hidden size d.
@@ -322,6 +322,17 @@ class Hu2024Encoder(nn.Module):
         return feature, head(feature).astype(jnp.float32)
 
 
+def feature_dim(encoder: "Hu2024Encoder", size: int) -> int:
+    """Length of ``encoder``'s retrieval feature for size x size images (traced, not computed)."""
+    images = jnp.zeros((1, size, size, 3))
+
+    def feature(images):
+        variables = encoder.init(jax.random.key(0), images, train=False, project=False)
+        return encoder.apply(variables, images, train=False, project=False)
+
+    return int(jax.eval_shape(feature, images).shape[-1])
+
+
 def _flatten(tree: Mapping) -> dict[tuple[str, ...], Any]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {tuple(k.key for k in path): leaf for path, leaf in flat}
@@ -340,20 +351,10 @@ def init_from_backbone(backbone_variables: Mapping, variables: Mapping) -> dict:
     target = _flatten(variables)
     trunk = {k: v for k, v in target.items() if len(k) > 1 and k[1] == BACKBONE}
     wanted = {(k[0],) + k[2:]: k for k in trunk}
-    missing = sorted("/".join(k) for k in wanted if k not in source)
-    unexpected = sorted("/".join(k) for k in source if k not in wanted)
-    mismatched = [
-        f"{'/'.join(k)}: encoder has {tuple(trunk[wanted[k]].shape)}, backbone has {tuple(np.shape(v))}"
-        for k, v in source.items()
-        if k in wanted and tuple(np.shape(v)) != tuple(trunk[wanted[k]].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing in backbone ({len(missing)}): " + ", ".join(missing))
-    if unexpected:
-        problems.append(f"not in the encoder trunk ({len(unexpected)}): " + ", ".join(unexpected))
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
+    problems = key_problems(
+        {k: trunk[dest].shape for k, dest in wanted.items()}, source, missing="missing in backbone",
+        unexpected="not in the encoder trunk", shape_words=("encoder has", "backbone has"),
+    )
     if problems:
         raise WeightsError("init_from_backbone: backbone variables do not fit the Hu2024Encoder "
                            "trunk: " + " | ".join(problems))

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from ..kernels.pooling import l2_normalize
+from ..models.hu2024 import feature_dim
 from . import losses
 from .augment import AugmentConfig, augment_batch
 from .moco import AXIS, augment_config
@@ -44,10 +45,9 @@ def create_state(
     """Fresh state; `variables` (an ImageNet trunk or an exported encoder) replaces the random init."""
     init_key, weight_key = jax.random.split(rng)
     size = config.augment.output_size
-    sample = jnp.zeros((2, size, size, 3))
     if variables is None:
-        variables = encoder.init(init_key, sample, train=False, project=True)
-    dim = jax.eval_shape(lambda v: encoder.apply(v, sample, train=False, project=False), variables).shape[-1]
+        variables = encoder.init(init_key, jnp.zeros((2, size, size, 3)), train=False, project=True)
+    dim = feature_dim(encoder, size)
     class_weights = l2_normalize(jax.random.normal(weight_key, (num_classes, dim), jnp.float32))
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     return SupervisedState(

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from .. import __version__
-from ..models.hu2024 import Hu2024Encoder, init_from_backbone
+from ..models.hu2024 import Hu2024Encoder, feature_dim, init_from_backbone
 from . import cosface, moco
 from .data import BatchLoader, open_source
 from .optim import came, decay_mask, warmup_cosine_restarts
@@ -273,9 +273,7 @@ class _Evaluator:
         self.images = self.benchmark.images_at(size)
         self._encode = jax.jit(lambda v, x: moco.encode(encoder, v, x))
         if self.pca_dim:
-            variables = jax.eval_shape(lambda: encoder.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                                                            train=False, project=False))
-            dim = jax.eval_shape(self._encode, variables, jnp.zeros((1, size, size, 3), jnp.uint8)).shape[-1]
+            dim = feature_dim(encoder, size)
             if self.pca_dim > dim:
                 raise ValueError(f"eval.pca_whitening_dim={self.pca_dim} exceeds the encoder's {dim}-d features")
         gallery = len(self.benchmark.gallery_rows)
