@@ -182,6 +182,30 @@ def marks_dir(tmp_path_factory):
     return root
 
 
+def assert_taps_match(got: dict, expected: dict, taps, rtol: float, label: str, record_property) -> None:
+    """Every tap of a converted backbone against the original framework's activations: same
+    names, shapes and float32, and max|diff| / max|activation| <= rtol (recorded per tap)."""
+    import json
+
+    assert sorted(got) == sorted(expected) == sorted(taps)
+    errors = {}
+    for tap, ref in expected.items():
+        assert got[tap].shape == ref.shape, tap
+        assert got[tap].dtype == np.float32, tap
+        scale = float(np.abs(ref).max())
+        assert scale > 0, f"{tap}: all-zero reference activations"
+        errors[tap] = float(np.abs(got[tap] - ref).max()) / scale
+    record_property("max_relative_error", json.dumps(errors))
+    bad = {tap: e for tap, e in errors.items() if not e <= rtol}
+    assert not bad, f"{label}: max|diff| / max|activation| above {rtol}: {bad}"
+
+
+@pytest.fixture(scope="session")
+def taps_match():
+    """`taps_match(got, expected, taps, rtol, label, record_property)`: see `assert_taps_match`."""
+    return assert_taps_match
+
+
 @pytest.fixture(scope="session")
 def mark_factory():
     """`draw_mark(seed, size=None) -> PIL image` and `write_marks(root, count, start)`."""

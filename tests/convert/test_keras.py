@@ -11,7 +11,6 @@ very same arrays.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -160,24 +159,14 @@ def checkpoints(tmp_path_factory) -> Checkpoints:
 
 
 @pytest.mark.parametrize("arch,size", PARITY_CASES, ids=[f"{a}-{h}x{w}" for a, (h, w) in PARITY_CASES])
-def test_parity_with_keras(checkpoints, arch, size, record_property):
+def test_parity_with_keras(checkpoints, arch, size, record_property, taps_match):
     _, apply, variables, meta = checkpoints.backbone(arch)
     images = np.random.default_rng(sum(size)).integers(0, 256, (BATCH, *size, 3), dtype=np.uint8)
 
     expected = checkpoints.keras_taps(arch, images)
     got = jax.device_get(apply(variables, images))
 
-    assert sorted(got) == sorted(expected) == sorted(meta["taps"])
-    errors = {}
-    for tap, ref in expected.items():
-        assert got[tap].shape == ref.shape, tap
-        assert got[tap].dtype == np.float32, tap
-        scale = float(np.abs(ref).max())
-        assert scale > 0, f"{tap}: all-zero reference activations"
-        errors[tap] = float(np.abs(got[tap] - ref).max()) / scale
-    record_property("max_relative_error", json.dumps(errors))
-    bad = {tap: e for tap, e in errors.items() if not e <= RTOL}
-    assert not bad, f"{arch} {size}: max|diff| / max|activation| above {RTOL}: {bad}"
+    taps_match(got, expected, meta["taps"], RTOL, f"{arch} {size}", record_property)
 
 
 def test_meta_names_source(checkpoints):

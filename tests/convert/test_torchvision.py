@@ -7,7 +7,6 @@ does. Every tap must agree to 1e-4 of the tap's largest activation (float32).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +136,7 @@ def torch_taps(model: torch.nn.Module, arch: str, images: np.ndarray) -> dict[st
 
 
 @pytest.mark.parametrize("arch,size", PARITY_CASES, ids=[f"{a}-{h}x{w}" for a, (h, w) in PARITY_CASES])
-def test_parity_with_torchvision(checkpoints, arch, size, record_property):
+def test_parity_with_torchvision(checkpoints, arch, size, record_property, taps_match):
     model, _ = checkpoints.model(arch)
     _, apply, variables, meta = checkpoints.backbone(arch)
     images = np.random.default_rng(sum(size)).integers(0, 256, (BATCH, *size, 3), dtype=np.uint8)
@@ -145,17 +144,7 @@ def test_parity_with_torchvision(checkpoints, arch, size, record_property):
     expected = torch_taps(model, arch, images)
     got = jax.device_get(apply(variables, images))
 
-    assert sorted(got) == sorted(expected) == sorted(meta["taps"])
-    errors = {}
-    for tap, ref in expected.items():
-        assert got[tap].shape == ref.shape, tap
-        assert got[tap].dtype == np.float32, tap
-        scale = float(np.abs(ref).max())
-        assert scale > 0, f"{tap}: all-zero reference activations"
-        errors[tap] = float(np.abs(got[tap] - ref).max()) / scale
-    record_property("max_relative_error", json.dumps(errors))
-    bad = {tap: e for tap, e in errors.items() if not e <= RTOL}
-    assert not bad, f"{arch} {size}: max|diff| / max|activation| above {RTOL}: {bad}"
+    taps_match(got, expected, meta["taps"], RTOL, f"{arch} {size}", record_property)
 
 
 def test_meta_names_source_and_dropped_head(checkpoints):

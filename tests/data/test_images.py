@@ -1,6 +1,5 @@
 """Tests for tmrjax/data/images.py. Every input is generated here with PIL/numpy."""
 
-import hashlib
 import io
 import json
 import os

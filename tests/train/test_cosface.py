@@ -16,6 +16,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tmrjax import cli
 from tmrjax.pipeline import load_config
 from tmrjax.train import cosface, moco, trainer
 from tmrjax.train.data import BatchLoader, FolderSource
@@ -43,11 +44,7 @@ def tiny_config(**changes):
     c.checkpoint_every_steps = 2
     c.log_every_steps = 1
     for key, value in changes.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        cli.set_config_field(c, key, value)
     return c
 
 

@@ -51,18 +51,10 @@ TINY = {
 TERMS = ("loss", "info_nce", "co2", "koleo", "accuracy", "hard_negatives")
 
 
-def override(config, key, value):
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-
-
 def tiny_config(source, **changes):
     config = load_config("moco_small_cpu")
     for key, value in {**TINY, "data.source": str(source), **changes}.items():
-        override(config, key, value)
+        cli.set_config_field(config, key, value)  # as `tmrjax train --set` does
     return config
 
 
