@@ -55,7 +55,7 @@ def random_image(h, w, seed=0):
 
 
 def params(crop, flip=False, angle=0.0, jitter=False, factors=(1, 1, 1, 0), order=(0, 1, 2, 3),
-           grayscale=False, blur=False, sigma=1.0):  # fmt: skip
+           grayscale=False, blur=False, sigma=1.0, invert=False):  # fmt: skip
     return AugmentParams(
         crop=jnp.array(crop, jnp.float32),
         flip=jnp.array(flip),
@@ -66,6 +66,7 @@ def params(crop, flip=False, angle=0.0, jitter=False, factors=(1, 1, 1, 0), orde
         grayscale=jnp.array(grayscale),
         blur=jnp.array(blur),
         sigma=jnp.array(sigma, jnp.float32),
+        invert=jnp.array(invert),
     )
 
 
@@ -108,6 +109,19 @@ def test_full_crop_is_a_bilinear_resize():
     pil = np.asarray(Image.fromarray(smooth).resize((S, S), Image.BILINEAR), np.float64)
     difference = np.abs(views["smooth"] - pil)
     assert difference.mean() < 1.0 and difference.max() < 6.0, (difference.mean(), difference.max())
+
+
+def test_invert_is_255_minus_the_warped_view_before_the_colour_ops():
+    """Inversion comes right after the geometry: the white fill becomes black, and jitter and
+    blur then act on the inverted view (blur and grayscale commute with 255 - x; jitter does not)."""
+    image = random_image(H, H, 3)
+    geometry = {"crop": (3, 5, 40, 36), "angle": 20.0}
+    plain = np.asarray(_apply(image, params(**geometry), CONFIG))
+    inverted = np.asarray(_apply(image, params(**geometry, invert=True), CONFIG))
+    np.testing.assert_allclose(inverted, 255.0 - plain, atol=1e-4)
+    jitter = {"jitter": True, "factors": (1.3, 1.0, 1.0, 0.0)}  # brightness x 1.3, then clip
+    jittered = np.asarray(_apply(image, params(**geometry, **jitter, invert=True), CONFIG))
+    np.testing.assert_allclose(jittered, np.clip(1.3 * (255.0 - plain), 0, 255), atol=1e-3)
 
 
 def test_flip_mirrors_the_whole_view():
@@ -331,6 +345,9 @@ def test_sampled_parameters_have_the_configured_probabilities_and_ranges():
     assert ((p.factors[:, :3] >= 0.6) & (p.factors[:, :3] <= 1.4)).all()
     assert (np.abs(p.factors[:, 3]) <= 0.1).all()
     assert ((p.sigma >= 0.1) & (p.sigma <= 2.0)).all()
+    assert not p.invert.any()  # off by default: hu2024 does not invert
+    inverted = jax.jit(jax.vmap(lambda k: sample_params(k, 224, 224, AugmentConfig(invert_prob=0.3))))(keys)
+    assert abs(np.asarray(inverted.invert).mean() - 0.3) < 0.045
     np.testing.assert_array_equal(np.sort(p.order, axis=1), np.tile(np.arange(4), (n, 1)))
     assert len({tuple(o) for o in p.order}) == 24
     top, left, h, w = p.crop.T  # the crop through the PRNG path: in range, and spanning it

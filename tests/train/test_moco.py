@@ -50,6 +50,7 @@ def tiny_config():
     c.model.projection_dim = 16
     c.model.eca = c.model.coordinate_attention = c.model.awff = c.model.laff = False
     c.moco.queue_size = 64
+    c.moco.hard_negative_threshold = 0.4  # moco_small_cpu turns the selection off; test it here
     c.moco.min_negatives = 8
     c.batch_size = GLOBAL_BATCH
     return c
@@ -225,7 +226,7 @@ def probe_config():
     c.augment.output_size = 16
     c.augment.crop_scale = (1.0, 1.0)
     c.augment.crop_ratio = (1.0, 1.0)
-    for name in ("rotation_prob", "flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+    for name in ("rotation_prob", "flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "invert_prob"):
         c.augment[name] = 0.0
     c.moco.hard_negative_threshold = None
     c.moco.momentum = 1.0

@@ -40,6 +40,7 @@ TINY = {
     "model.awff": False,
     "model.laff": False,
     "moco.queue_size": 64,
+    "moco.hard_negative_threshold": 0.4,  # the config turns the selection off; the tests keep it
     "moco.min_negatives": 8,
     "batch_size": 16,
     # Not in the compiled step:
@@ -270,7 +271,7 @@ def test_loss_settings_reach_the_logged_terms(marks, tmp_path, monkeypatch):
 
 
 def test_min_negatives_larger_than_the_queue_is_a_config_error(marks, tmp_path):
-    """moco_small_cpu keeps 256 negatives; with a 64-key queue the config is wrong, and train()
+    """A floor of 256 negatives with a 64-key queue is a wrong config, and train()
     must name the field (as it does for moco.queue_size), not fail inside the traced loss."""
     config = tiny_config(marks, **{"moco.min_negatives": 256})
     with pytest.raises(ValueError, match=r"moco\.min_negatives"):

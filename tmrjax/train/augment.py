@@ -4,6 +4,7 @@ One view of one image is: random resized crop (scale 0.5-1, hu2024; torchvision'
 -> random rotation in [-90, 90] degrees with p = 0.15 (hu2024; uncovered corners white)
 -> colour jitter with p = 0.8 (torchvision ``ColorJitter``: factors in random order)
 -> random grayscale p = 0.2 -> Gaussian blur p = 0.5 (sigma in [0.1, 2]) -> horizontal flip p = 0.5.
+One step of ours, off by default: colour inversion (``invert_prob``) right after the geometry.
 
 Crop, rotation and flip are one affine map from output pixel to input pixel, sampled once
 (bilinear, the input lies on a white canvas). The flip is folded into that map although MoCo v2
@@ -73,6 +74,9 @@ class AugmentConfig:
     blur_prob: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # MoCo v2, in output pixels
     blur_kernel_fraction: float = 0.1  # kernel ~ 10% of S, made odd (SimCLR)
+    # Ours, not hu2024 (0 = off there): 255 - x after the geometry, so a dark mark on white and a
+    # light mark on a dark field (two ways designers draw the same brand) become one instance.
+    invert_prob: float = 0.0
 
     def __post_init__(self):
         for name in ("output_size", "crop_attempts"):
@@ -90,7 +94,7 @@ class AugmentConfig:
             object.__setattr__(self, name, _range(name, getattr(self, name), low, high, positive))
         limits = {
             "rotation_prob": 1.0, "flip_prob": 1.0, "jitter_prob": 1.0, "grayscale_prob": 1.0,
-            "blur_prob": 1.0, "brightness": math.inf, "contrast": math.inf,
+            "blur_prob": 1.0, "invert_prob": 1.0, "brightness": math.inf, "contrast": math.inf,
             "saturation": math.inf, "hue": 0.5, "fill": 255.0, "blur_kernel_fraction": 1.0,
         }  # fmt: skip
         for name, high in limits.items():
@@ -124,6 +128,7 @@ class AugmentParams(NamedTuple):
     grayscale: jax.Array  # () bool
     blur: jax.Array  # () bool
     sigma: jax.Array  # () float32
+    invert: jax.Array  # () bool
 
 
 # --------------------------------------------------------------------------- sampling
@@ -167,10 +172,10 @@ def sample_params(key: jax.Array, height: int, width: int, config: AugmentConfig
     """Draw every random choice for one view of one ``height x width`` image."""
     n = config.crop_attempts
     # One PRNG draw per image, sliced in order: each extra draw adds a threefry kernel to compile.
-    u = jax.random.uniform(key, (4 * n + 15,))
+    u = jax.random.uniform(key, (4 * n + 16,))
     u_crop, u = u[: 4 * n].reshape(4, n), u[4 * n :]
     flip, rotate, angle, jitter, grayscale, blur, sigma = u[:7]
-    u_factors, u_order = u[7:11], u[11:15]
+    u_factors, u_order, invert = u[7:11], u[11:15], u[15]
 
     def between(lo, hi, uniform):
         return lo + (hi - lo) * uniform
@@ -191,6 +196,7 @@ def sample_params(key: jax.Array, height: int, width: int, config: AugmentConfig
         grayscale=grayscale < config.grayscale_prob,
         blur=blur < config.blur_prob,
         sigma=between(*config.blur_sigma, sigma),
+        invert=invert < config.invert_prob,
     )
 
 
@@ -376,6 +382,7 @@ def apply_params(image: jax.Array, params: AugmentParams, config: AugmentConfig)
     s = config.output_size
     matrix = affine_matrix(params.crop, params.flip, params.angle, s)
     x = warp_affine(image, matrix, s, config.fill)
+    x = jnp.where(params.invert, 255.0 - x, x)
     x = jnp.where(params.jitter, color_jitter(x, params.factors, params.order), x)
     x = jnp.where(params.grayscale, rgb_to_grayscale(x), x)
     x = jnp.where(params.blur, gaussian_blur(x, params.sigma, config.blur_kernel_size), x)
