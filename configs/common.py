@@ -21,7 +21,7 @@ def retrieval_config() -> ConfigDict:
     c.embed.resolutions = (224,)  # input sizes; the image is padded to a white square first
     c.embed.region_levels = 0  # 0: one global region; L: the R-MAC grid of levels 1..L
     c.embed.include_full_map = False  # add the whole map as an extra region (cirtorch) or not (tursun2021)
-    c.embed.pooling = "mac"  # mac | spoc | gem | smac | crow
+    c.embed.pooling = "mac"  # mac | spoc | gem | smac | crow | identity (the tap is a vector)
     c.embed.center_prior = False  # SPoC's Gaussian centre prior (Babenko & Lempitsky 2015)
     c.embed.gem_p = 3.0
     c.embed.pca_whitening_dim = 0  # 0: no PCA-whitening; else l2 -> PCA-w to this dim -> l2 per region

@@ -180,7 +180,7 @@ def test_weights_by_arch_refuses_two_of_one_architecture_and_non_backbones(tmp_p
     assert evaluation.weights_by_arch(None) == {}
     with pytest.raises(WeightsError, match="are both vgg16 backbones; give one per architecture"):
         evaluation.weights_by_arch([first, second])
-    with pytest.raises(WeightsError, match="no meta.json; not a converted backbone"):
+    with pytest.raises(WeightsError, match="no meta.json; not a tmrjax backbone checkpoint"):
         evaluation.weights_by_arch([tmp_path])
 
 

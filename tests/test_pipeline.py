@@ -71,6 +71,14 @@ def test_create_gives_the_paper_dimension(name):
         assert pipeline.raw_dim == {"mac": 512, "rsmac": 2048}[name]
 
 
+def test_create_refuses_pca_whitening_wider_than_the_descriptors():
+    config = load_config("spoc_pcaw")  # VGG16 conv5_3: 512-d SPoC
+    config.embed.pca_whitening_dim = 600
+    with pytest.raises(PipelineError, match=r"spoc_pcaw: embed.pca_whitening_dim=600 exceeds the 512-d "
+                                            r"descriptors of vgg16 conv5_3 \(weights: random-init"):
+        Pipeline.create(config)
+
+
 def test_distinct_configs_have_distinct_hashes():
     hashes = {name: config_hash(load_config(name)) for name in available_configs()}
     assert len(set(hashes.values())) == len(hashes), hashes

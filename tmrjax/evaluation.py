@@ -200,26 +200,25 @@ def format_table(rows: Sequence[Row], dataset: str) -> str:
 def _weights_tag(weights: str | None) -> str:
     if weights is None:
         return "random-init"
-    meta_path = Path(weights) / "meta.json"
-    sha = json.loads(meta_path.read_text())["source"].get("sha256") if meta_path.is_file() else None
+    from .weights import read_meta
+
+    sha = read_meta(weights)["source"].get("sha256")
     return f"{Path(weights).name}-{(sha or 'nosha')[:8]}"
 
 
 def weights_by_arch(weights: str | os.PathLike | Sequence[str | os.PathLike] | None) -> dict[str, str]:
-    """{arch: directory} of converted backbones (each meta.json names its architecture).
+    """{arch: directory} of converted backbones or exported encoders (each meta.json names its
+    architecture).
 
-    `tmrjax eval` compares VGG16 and ResNet50 pipelines in one table, so it takes one converted
-    backbone per architecture and gives each pipeline the one it needs.
+    `tmrjax eval` compares VGG16, ResNet50 and hu2024-encoder pipelines in one table, so it
+    takes one checkpoint per architecture and gives each pipeline the one it needs.
     """
-    from .weights import WeightsError
+    from .weights import WeightsError, read_meta
 
     paths = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
     out: dict[str, str] = {}
     for path in paths:
-        meta_path = Path(path) / "meta.json"
-        if not meta_path.is_file():
-            raise WeightsError(f"{path}: no meta.json; not a converted backbone (see `tmrjax convert`)")
-        arch = json.loads(meta_path.read_text()).get("arch")
+        arch = read_meta(path)["arch"]
         if arch in out:
             raise WeightsError(f"{out[arch]} and {path} are both {arch} backbones; give one per architecture")
         out[arch] = str(path)

@@ -114,7 +114,19 @@ POOLINGS: dict[str, Pooling] = {
     ),
     "smac": Pooling(lambda x, e: pooling.smac(x), lambda x, b, e: pooling.regional_smac(x, b), 2),
     "crow": Pooling(lambda x, e: crow(x), None, 1),
+    # The tap is a global vector already (a 1 x 1 map), e.g. the hu2024 encoder's "feature".
+    "identity": Pooling(lambda x, e: _single_position(x), None, 1),
 }
+
+
+def _single_position(features: jax.Array) -> jax.Array:
+    """(B, 1, 1, D) -> (B, D); any other map is an error (it would need a real pooling)."""
+    if features.shape[1:3] != (1, 1):
+        raise PipelineError(
+            f"pooling 'identity' takes a global vector (a 1 x 1 tap such as hu2024's 'feature'), "
+            f"got a {features.shape[1]} x {features.shape[2]} map; pool it with mac, spoc, gem, smac or crow"
+        )
+    return features[:, 0, 0, :]
 ATTENTIONS = ("none", "idf")
 
 
@@ -258,7 +270,13 @@ class Pipeline:
                 "weights": str(Path(weights).absolute()),
                 "source_sha256": meta["source"].get("sha256"),
             }
-        return cls(config=config, module=module, variables=variables, backbone=backbone)
+        pipeline = cls(config=config, module=module, variables=variables, backbone=backbone)
+        if config.embed.pca_whitening_dim > pipeline.raw_dim:
+            raise PipelineError(
+                f"{config.name}: embed.pca_whitening_dim={config.embed.pca_whitening_dim} exceeds the "
+                f"{pipeline.raw_dim}-d descriptors of {arch} {tap} (weights: {backbone['weights']})"
+            )
+        return pipeline
 
     @classmethod
     def load(cls, pipeline: str | os.PathLike, weights: str | os.PathLike | None = None) -> "Pipeline":

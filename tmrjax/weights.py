@@ -7,10 +7,17 @@ A converted checkpoint is a directory::
 
 Loading restores into the abstract tree of the module the meta names, so nothing is ever
 unpickled and a checkpoint cannot silently change shape.
+
+An encoder exported by `tmrjax train --export` (format ``tmrjax-encoder/1``: the hu2024 model
+settings, the training run, the sha256 of its bfloat16 variables) is a backbone too:
+:func:`read_meta` presents its meta.json in the same terms (arch ``hu2024-resnet50``, layout,
+taps, ``source.sha256``) and :func:`load_backbone` loads it, so `tmrjax fit`/`eval`/`index` take
+either with ``--weights``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,10 +31,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
-from .models import ARCHITECTURES, LAYOUTS, available_taps, build_backbone, preprocessing_for
+from .models import ARCHITECTURES, HU2024, LAYOUTS, available_taps, build_backbone, preprocessing_for
 
 META_FORMAT = "tmrjax-backbone/1"
+ENCODER_FORMAT = "tmrjax-encoder/1"
 VariablePath = tuple[str, ...]
+
+
+def variables_sha256(variables: Mapping) -> str:
+    """sha256 over a variable tree's paths, dtypes, shapes and bytes: which weights these are."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(variables)[0], key=lambda p: jax.tree_util.keystr(p[0])):
+        value = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}:{value.dtype.name}:{value.shape};".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
 
 
 class WeightsError(ValueError):
@@ -149,15 +167,37 @@ def save_backbone(
 
 
 def read_meta(path: str | os.PathLike) -> dict:
+    """A checkpoint's meta.json: a converted backbone's as written, an exported encoder's in the
+    same terms (arch, layout, taps, ``source`` with its sha256; the encoder settings in ``model``)."""
     meta_path = Path(path) / "meta.json"
     if not meta_path.is_file():
-        raise WeightsError(f"{path}: no meta.json; not a tmrjax backbone checkpoint (see `tmrjax convert`)")
+        raise WeightsError(
+            f"{path}: no meta.json; not a tmrjax backbone checkpoint (see `tmrjax convert`) "
+            "or an encoder exported by `tmrjax train --export`"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise WeightsError(f"{meta_path}: unreadable JSON ({e})") from e
+    if meta.get("format") == ENCODER_FORMAT:
+        model = meta.get("model")
+        if not isinstance(model, dict) or "layout" not in model:
+            raise WeightsError(f"{meta_path}: encoder meta without its model settings ('model' with a 'layout')")
+        return {
+            **meta,
+            "arch": HU2024,
+            "layout": model["layout"],
+            "taps": list(available_taps(HU2024)),
+            "source": {
+                "sha256": meta.get("variables_sha256"),
+                "trained_with": meta.get("trained_with"),
+                "steps": meta.get("steps"),
+            },
+        }
     if meta.get("format") != META_FORMAT:
-        raise WeightsError(f"{meta_path}: format {meta.get('format')!r}, expected {META_FORMAT!r}")
+        raise WeightsError(
+            f"{meta_path}: format {meta.get('format')!r}, expected {META_FORMAT!r} or {ENCODER_FORMAT!r}"
+        )
     return meta
 
 
@@ -168,10 +208,11 @@ def load_backbone(
     taps: tuple[str, ...] | None = None,
     dtype: Any = jnp.float32,
 ) -> tuple[nn.Module, dict, dict]:
-    """Load a converted backbone: returns (module, variables, meta).
+    """Load a converted backbone or an exported encoder: returns (module, variables, meta).
 
     `arch`/`layout`, when given, must match the checkpoint's meta (a VGG16 checkpoint is never
-    loaded as a ResNet50). `taps` defaults to all of the architecture's taps.
+    loaded as a ResNet50). `taps` defaults to all of the architecture's taps. Variables are
+    float32 whatever they were stored as; `dtype` is the compute dtype.
     """
     import orbax.checkpoint as ocp
 
@@ -180,6 +221,9 @@ def load_backbone(
     for field, wanted in (("arch", arch), ("layout", layout)):
         if wanted is not None and meta[field] != wanted:
             raise WeightsError(f"{path}: checkpoint is {field}={meta[field]!r}, but {wanted!r} was requested")
+    taps = tuple(taps) if taps is not None else tuple(meta["taps"])
+    if meta["arch"] == HU2024:
+        return _load_encoder_backbone(path, meta, taps, dtype)
     _check_arch_layout(meta["arch"], meta["layout"])
     module = full_backbone(meta["arch"], meta["layout"])
     abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
@@ -189,8 +233,47 @@ def load_backbone(
             variables = checkpointer.restore(path / "variables", target)
     except Exception as e:  # orbax raises many types; name the file and the cause
         raise WeightsError(f"{path / 'variables'}: cannot restore {meta['arch']} variables: {e}") from e
-    taps = tuple(taps) if taps is not None else tuple(meta["taps"])
     return build_backbone(meta["arch"], meta["layout"], taps, dtype=dtype), variables, meta
+
+
+def _load_encoder_backbone(path: Path, meta: dict, taps: tuple[str, ...], dtype: Any) -> tuple[nn.Module, dict, dict]:
+    """An exported hu2024 encoder as a retrieval backbone; its variables checked against the
+    model settings of its meta.json (every key and shape) and against the recorded sha256."""
+    import orbax.checkpoint as ocp
+
+    from .models.hu2024 import encoder_from_settings
+
+    try:
+        full = encoder_from_settings(meta["model"], dtype=jnp.float32)
+        head = full.projection_dim > 0
+        abstract = jax.eval_shape(
+            lambda x: full.init(jax.random.key(0), x, project=head), jnp.zeros((1, 64, 64, 3))
+        )
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{path / 'meta.json'}: unusable encoder settings {meta['model']}: {e}") from e
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            stored = checkpointer.restore(path / "variables")
+    except Exception as e:  # orbax raises many types; name the file and the cause
+        raise WeightsError(f"{path / 'variables'}: cannot restore the encoder's variables: {e}") from e
+
+    def flat(tree):
+        return {tuple(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    expected = {k: v.shape for k, v in flat(abstract).items()}
+    problems = key_problems(expected, flat(stored), missing="missing in the checkpoint",
+                            unexpected="not in an encoder of these settings")
+    if problems:
+        raise WeightsError(f"{path}: variables do not fit the encoder its meta.json describes: " + " | ".join(problems))
+    recorded = meta["source"]["sha256"]
+    if recorded is not None and variables_sha256(stored) != recorded:
+        raise WeightsError(
+            f"{path / 'variables'}: the variables' sha256 differs from meta.json's variables_sha256 "
+            "(a partial copy, or meta.json of another export)"
+        )
+    variables = jax.tree.map(lambda x: np.asarray(x, np.float32), stored)
+    module = build_backbone(HU2024, meta["layout"], taps, dtype=dtype, model=meta["model"])
+    return module, variables, meta
 
 
 def random_variables(arch: str, layout: str, seed: int = 0) -> dict:

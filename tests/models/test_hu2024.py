@@ -21,6 +21,7 @@ from tmrjax.models.hu2024 import (
     AWFF,
     ECA,
     LAFF,
+    TAPS,
     CoordinateAttention,
     Hu2024Encoder,
     eca_kernel_size,
@@ -424,3 +425,22 @@ def test_bf16_encoder_computes_in_bf16(full_variables, full_train_outputs, image
     cosine = np.sum(feature * reference, -1) / (
         np.linalg.norm(feature, axis=-1) * np.linalg.norm(reference, axis=-1))
     assert np.all(cosine > 0.98), cosine
+
+
+def test_taps_serve_the_encoder_as_a_retrieval_backbone(full_variables, images):
+    """taps mode (what `tmrjax.models.build_backbone` builds for hu2024-resnet50): "feature" is
+    the retrieval feature as a 1 x 1 map, stage taps are the maps the next stage sees, and a
+    shallow tap stops there with the same values."""
+    both = jax.jit(lambda v, x: (Hu2024Encoder().apply(v, x), Hu2024Encoder(taps=TAPS).apply(v, x)))
+    feature, maps = both(full_variables, images)
+    assert list(maps) == list(TAPS)
+    assert maps["feature"].shape == (2, 1, 1, 512)
+    np.testing.assert_array_equal(maps["feature"][:, 0, 0], feature)
+    assert [maps[t].shape[-1] for t in TAPS[:4]] == [256, 512, 1024, 2048]
+    conv4 = jax.jit(Hu2024Encoder(taps=("conv4",)).apply)(full_variables, images)
+    assert list(conv4) == ["conv4"]
+    np.testing.assert_allclose(conv4["conv4"], maps["conv4"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"unknown taps \['conv6'\]"):
+        Hu2024Encoder(taps=("conv6",)).apply(full_variables, images)
+    with pytest.raises(ValueError, match="exclude each other"):
+        Hu2024Encoder(taps=("feature",)).apply(full_variables, images, project=True)

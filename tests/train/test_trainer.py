@@ -320,6 +320,67 @@ def test_cli_export_records_the_train_command(cli_run):
     assert meta["command"] == "tmrjax " + shlex.join(argv)
 
 
+def _square_marks(marks, size):
+    """uint8 (N, size, size, 3) squares of the training marks: no padding or resizing differs
+    between the pipeline's input path and a direct call of the encoder."""
+    from PIL import Image
+
+    paths = sorted(p for p in marks.rglob("*") if p.suffix in (".png", ".jpg"))[:5]
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in paths])
+
+
+def test_exported_encoder_is_a_retrieval_backbone(cli_run, marks):
+    """`--weights EXPORT` with the hu2024 config embeds with the trained encoder: the same
+    vectors as the trainer's own retrieval encoding of the exported variables."""
+    import tmrjax
+    from tmrjax.evaluation import _weights_tag, weights_by_arch
+    from tmrjax.models import HU2024
+    from tmrjax.pipeline import Pipeline
+
+    root, _, _ = cli_run
+    export = root / "encoder"
+    meta = json.loads((export / "meta.json").read_text())
+    config = load_config("hu2024")
+    config.embed.resolutions = (64,)
+    config.embed.pca_whitening_dim = 0
+    pipeline = Pipeline.create(config, weights=export)
+    assert pipeline.backbone["arch"] == HU2024
+    assert pipeline.backbone["source_sha256"] == meta["variables_sha256"]
+    assert pipeline.dim == 4 * 512 * 8 // 64  # TINY: no AWFF/LAFF, GAP of conv5 at width 8
+    images = _square_marks(marks, 64)
+    got = tmrjax.embed(list(images), pipeline)
+    encoder = trainer.build_encoder(tiny_config(marks))
+    variables = trainer.load_encoder(export, tiny_config(marks))
+    expected = np.asarray(moco.encode(encoder, variables, jnp.asarray(images)))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # `tmrjax eval --weights EXPORT` gives it to the hu2024-resnet50 pipelines, tagged by its sha256.
+    assert weights_by_arch([export]) == {HU2024: str(export)}
+    assert _weights_tag(str(export)) == f"encoder-{meta['variables_sha256'][:8]}"
+
+
+def test_exported_encoder_refuses_other_settings_and_changed_variables(cli_run, tmp_path):
+    from tmrjax.pipeline import Pipeline
+    from tmrjax.weights import WeightsError, load_backbone
+
+    root, _, _ = cli_run
+    config = load_config("hu2024")
+    widened = shutil.copytree(root / "encoder", tmp_path / "widened")
+    meta = json.loads((widened / "meta.json").read_text())
+    meta["model"]["width"] = 16
+    (widened / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match=r"do not fit the encoder its meta.json describes: shape mismatches: "
+                                           r".*params/backbone/conv1/kernel: expected \(7, 7, 3, 16\), got \(7, 7, 3, 8\)"):
+        Pipeline.create(config, weights=widened)
+    other = shutil.copytree(root / "encoder", tmp_path / "other")
+    meta = json.loads((other / "meta.json").read_text())
+    meta["variables_sha256"] = "0" * 64
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="sha256 differs from meta.json's variables_sha256"):
+        load_backbone(other)
+    with pytest.raises(WeightsError, match="checkpoint is arch='hu2024-resnet50', but 'resnet50' was requested"):
+        load_backbone(root / "encoder", arch="resnet50")
+
+
 @pytest.mark.parametrize("key, message", [
     ("moco.momentun", "no field 'momentun' there; fields: .*momentum"),
     ("mocco.momentum", "the config has no field 'mocco'"),

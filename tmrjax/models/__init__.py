@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,7 +12,12 @@ from .resnet import LAYOUTS, ResNet50
 from .resnet import TAPS as RESNET50_TAPS
 from .vgg import VGG, vgg_taps
 
+# Architectures whose ImageNet checkpoints `tmrjax convert` reads.
 ARCHITECTURES = ("resnet50", "vgg16", "vgg19")
+# hu2024's self-supervised encoder (a ResNet50 trunk + ECA/CA/AWFF/LAFF), as `tmrjax train
+# --export` writes it: a retrieval backbone too, but trained here, never converted.
+HU2024 = "hu2024-resnet50"
+BACKBONES = ARCHITECTURES + (HU2024,)
 
 
 def available_taps(arch: str) -> tuple[str, ...]:
@@ -21,14 +26,28 @@ def available_taps(arch: str) -> tuple[str, ...]:
         return RESNET50_TAPS
     if arch in ("vgg16", "vgg19"):
         return vgg_taps(arch)
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if arch == HU2024:
+        from .hu2024 import TAPS  # imported here: hu2024 uses tmrjax.weights, which imports this module
+
+        return TAPS
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {BACKBONES}")
 
 
 def build_backbone(
-    arch: str, layout: str, taps: Sequence[str], dtype: Any = jnp.float32
+    arch: str, layout: str, taps: Sequence[str], dtype: Any = jnp.float32, model: Mapping[str, Any] | None = None
 ) -> nn.Module:
-    """The Flax module for `arch` in weight `layout`, returning `taps` in one forward pass."""
+    """The Flax module for `arch` in weight `layout`, returning `taps` in one forward pass.
+
+    `model`: for HU2024 only, the encoder's settings (an export's meta.json ``model``);
+    default the full hu2024 model.
+    """
     available_taps(arch)  # validates arch
+    if model is not None and arch != HU2024:
+        raise ValueError(f"build_backbone: model settings apply to {HU2024} only, not {arch!r}")
+    if arch == HU2024:
+        from .hu2024 import encoder_from_settings
+
+        return encoder_from_settings({**(model or {}), "layout": layout}, dtype=dtype, taps=taps)
     if arch == "resnet50":
         return ResNet50(layout=layout, taps=tuple(taps), dtype=dtype)
     return VGG(arch=arch, layout=layout, taps=tuple(taps), dtype=dtype)
@@ -42,6 +61,6 @@ def preprocessing_for(layout: str) -> Preprocessing:
 
 
 __all__ = [
-    "ARCHITECTURES", "LAYOUTS", "PREPROCESSING", "Preprocessing", "ResNet50", "VGG",
+    "ARCHITECTURES", "BACKBONES", "HU2024", "LAYOUTS", "PREPROCESSING", "Preprocessing", "ResNet50", "VGG",
     "available_taps", "build_backbone", "preprocessing_for",
 ]

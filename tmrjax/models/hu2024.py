@@ -45,6 +45,9 @@ from .resnet import STAGES, Bottleneck, ResNet50
 AWFF_CHANNELS = (256, 512, 1024)
 LAFF_DIM = 512
 BACKBONE = "backbone"
+# What the encoder serves as a retrieval backbone (``Hu2024Encoder(taps=...)``): the trunk's stage
+# maps (after ECA, when on: what the next stage sees) and the retrieval feature as a 1 x 1 map.
+TAPS = ("conv2", "conv3", "conv4", "conv5", "feature")
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
@@ -249,6 +252,10 @@ class Hu2024Encoder(nn.Module):
     # channels and LAFF's d by width / 64 (for CPU experiments; ImageNet weights need the default).
     blocks_per_stage: Sequence[int] = (3, 4, 6, 3)
     width: int = 64
+    # Retrieval-backbone mode (``tmrjax.models.build_backbone``): when set, ``__call__`` returns
+    # {tap: (B, h, w, C)} for these TAPS instead, "feature" as (B, 1, 1, feature_dim), and runs
+    # no further than the deepest one.
+    taps: Sequence[str] = ()
 
     @property
     def awff_channels(self) -> tuple[int, ...]:
@@ -284,6 +291,12 @@ class Hu2024Encoder(nn.Module):
         self._check_config()
         if project and not self.projection_dim:
             raise ValueError("Hu2024Encoder: project=True but projection_dim=0 (no head)")
+        unknown = [t for t in self.taps if t not in TAPS]
+        if unknown:
+            raise ValueError(f"Hu2024Encoder: unknown taps {unknown}; expected some of {TAPS}")
+        if self.taps and project:
+            raise ValueError("Hu2024Encoder: taps (retrieval backbone) and project=True exclude each other")
+        deepest = max((TAPS.index(t) for t in self.taps), default=len(TAPS) - 1)
         trunk = ResNet50Trunk(
             layout=self.layout, dtype=self.dtype, blocks_per_stage=tuple(self.blocks_per_stage),
             width=self.width, name=BACKBONE,
@@ -295,6 +308,8 @@ class Hu2024Encoder(nn.Module):
             if self.eca:
                 x = ECA(dtype=self.dtype, name=f"eca_{name}")(x)
             maps.append(x)
+            if index == deepest:
+                return {t: maps[TAPS.index(t)] for t in self.taps}
         end = x
         if self.coordinate_attention:
             end = CoordinateAttention(dtype=self.dtype, name="coordinate_attention")(x, train=train)
@@ -315,11 +330,34 @@ class Hu2024Encoder(nn.Module):
         else:
             feature = global_average_pool(end)
         feature = feature.astype(jnp.float32)
+        if self.taps:
+            return {t: feature[:, None, None, :] if t == "feature" else maps[TAPS.index(t)] for t in self.taps}
         if not project:
             return feature
         head = ProjectionHead(self.feature_dim, self.projection_dim, dtype=self.dtype,
                               name="projection_head")
         return feature, head(feature).astype(jnp.float32)
+
+
+# The settings a training config's ``model`` section (and an exported encoder's meta.json) holds.
+SETTINGS = ("eca", "coordinate_attention", "awff", "laff", "projection_dim", "layout", "blocks_per_stage", "width")
+
+
+def encoder_from_settings(model: Mapping[str, Any], dtype: Any = None, taps: Sequence[str] = ()) -> Hu2024Encoder:
+    """The encoder a config's ``model`` section (or an export's meta) describes.
+
+    ``dtype``: the compute dtype; default ``model["dtype"]`` ("bfloat16" or "float32").
+    Settings missing from ``model`` take the full hu2024 model's values.
+    """
+    unknown = sorted(set(model) - set(SETTINGS) - {"dtype"})
+    if unknown:
+        raise ValueError(f"Hu2024Encoder settings: unknown fields {unknown}; expected some of {SETTINGS + ('dtype',)}")
+    if dtype is None:
+        dtype = jnp.bfloat16 if model.get("dtype") == "bfloat16" else jnp.float32
+    fields = {k: model[k] for k in SETTINGS if k in model}
+    if "blocks_per_stage" in fields:
+        fields["blocks_per_stage"] = tuple(fields["blocks_per_stage"])
+    return Hu2024Encoder(**fields, dtype=dtype, taps=tuple(taps))
 
 
 def feature_dim(encoder: "Hu2024Encoder", size: int) -> int:

@@ -28,7 +28,9 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from .. import __version__
-from ..models.hu2024 import Hu2024Encoder, feature_dim, init_from_backbone
+from ..models import HU2024
+from ..models.hu2024 import Hu2024Encoder, encoder_from_settings, feature_dim, init_from_backbone
+from ..weights import ENCODER_FORMAT, variables_sha256
 from . import cosface, moco
 from .data import BatchLoader, open_source
 from .optim import came, decay_mask, warmup_cosine_restarts
@@ -39,18 +41,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_encoder(config: ConfigDict) -> Hu2024Encoder:
-    m = config.model
-    return Hu2024Encoder(
-        eca=m.eca,
-        coordinate_attention=m.coordinate_attention,
-        awff=m.awff,
-        laff=m.laff,
-        projection_dim=m.projection_dim,
-        layout=m.layout,
-        blocks_per_stage=tuple(m.blocks_per_stage),
-        width=m.width,
-        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
-    )
+    return encoder_from_settings(config.model.to_dict())
 
 
 def build_optimizer(config: ConfigDict, steps_per_epoch: int) -> tuple[optax.GradientTransformation, Any]:
@@ -331,8 +322,8 @@ def load_encoder(path: str | os.PathLike, config: ConfigDict) -> dict:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path}: no meta.json; not an encoder exported by `tmrjax train --export`")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != "tmrjax-encoder/1":
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected 'tmrjax-encoder/1'")
+    if meta.get("format") != ENCODER_FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {ENCODER_FORMAT!r}")
     mine = json.loads(json.dumps(config.model.to_dict(), default=list))
     theirs = {k: meta["model"].get(k) for k in mine}
     different = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k] and k != "dtype"}
@@ -345,7 +336,11 @@ def load_encoder(path: str | os.PathLike, config: ConfigDict) -> dict:
 
 
 def export_encoder(state: moco.TrainState, config: ConfigDict, out_dir: str | os.PathLike, command: str) -> Path:
-    """Write the query encoder (projection head kept, unused at retrieval) as bfloat16 + meta.json."""
+    """Write the query encoder (projection head kept, unused at retrieval) as bfloat16 + meta.json.
+
+    The directory is a retrieval backbone too (arch ``hu2024-resnet50``, `tmrjax.weights`):
+    ``tmrjax eval --pipelines hu2024 --weights DIR`` scores it like any converted backbone.
+    """
     import orbax.checkpoint as ocp
 
     out = Path(out_dir).absolute()
@@ -355,8 +350,9 @@ def export_encoder(state: moco.TrainState, config: ConfigDict, out_dir: str | os
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(out / "variables", variables, force=True)
     meta = {
-        "format": "tmrjax-encoder/1",
-        "arch": "hu2024-resnet50",
+        "format": ENCODER_FORMAT,
+        "arch": HU2024,
+        "variables_sha256": variables_sha256(variables),
         "model": config.model.to_dict(),
         "trained_with": config.name,
         "steps": int(state.step),
