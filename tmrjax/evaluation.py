@@ -31,6 +31,9 @@ class Benchmark:
     queries: object  # tfds data source
     gallery: object
     gallery_rows: np.ndarray  # which gallery records are used (all, or a seeded subset)
+    # The same splits without image decoding, for ids and groups (default: queries / gallery).
+    queries_fields: object = None
+    gallery_fields: object = None
 
     @property
     def num_queries(self) -> int:
@@ -45,8 +48,14 @@ class Benchmark:
             return self.queries[row]
         return self.gallery[int(self.gallery_rows[row - self.num_queries])]
 
+    def _fields(self, row: int) -> dict:
+        """The record of a database row without its decoded image (ids, groups, licences)."""
+        if row < self.num_queries:
+            return (self.queries_fields or self.queries)[row]
+        return (self.gallery_fields or self.gallery)[int(self.gallery_rows[row - self.num_queries])]
+
     def _text(self, row: int, field: str) -> str:
-        value = self.record(row).get(field, b"")
+        value = self._fields(row).get(field, b"")
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def id(self, row: int) -> str:
@@ -54,7 +63,7 @@ class Benchmark:
 
     @functools.cached_property
     def groups(self) -> np.ndarray:
-        q = np.array([int(self.queries[i]["group"]) for i in range(self.num_queries)], np.int64)
+        q = np.array([int(self._fields(i)["group"]) for i in range(self.num_queries)], np.int64)
         return np.concatenate([q, np.full(len(self.gallery_rows), -1, np.int64)])
 
     @property
@@ -103,7 +112,9 @@ def load_benchmark(
     rows = np.arange(len(gallery))
     if max_distractors is not None and max_distractors < len(gallery):
         rows = np.sort(np.random.default_rng(seed).choice(len(gallery), max_distractors, replace=False))
-    return Benchmark(name=name, queries=queries, gallery=gallery, gallery_rows=rows)
+    return Benchmark(name=name, queries=queries, gallery=gallery, gallery_rows=rows,
+                     queries_fields=open_split(f"{name}:queries", data_dir, images=False),
+                     gallery_fields=open_split(f"{name}:gallery", data_dir, images=False))
 
 
 def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:

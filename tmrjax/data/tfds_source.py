@@ -22,8 +22,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, split
 
 
-def open_split(spec: str, data_dir: str | os.PathLike | None = None):
-    """A random-access tfds data source for ``NAME/CONFIG:SPLIT``."""
+def open_split(spec: str, data_dir: str | os.PathLike | None = None, images: bool = True):
+    """A random-access tfds data source for ``NAME/CONFIG:SPLIT``.
+
+    ``images=False``: records carry the encoded image bytes instead of the decoded array, for
+    reading ids and group labels of a large split without decoding every image (~6x faster).
+    """
     import tensorflow_datasets as tfds
 
     from . import logo_groups, metu_trademark  # noqa: F401  (registers the builders with tfds)
@@ -31,7 +35,8 @@ def open_split(spec: str, data_dir: str | os.PathLike | None = None):
     name, split = parse_spec(spec)
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     try:  # never start a (possibly hour-long) build as a side effect of reading
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        decoders = None if images else {"image": tfds.decode.SkipDecoding()}
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except (AssertionError, KeyError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
         where = data_dir or "~/tensorflow_datasets"
         hint = (
