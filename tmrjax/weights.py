@@ -48,6 +48,11 @@ def variables_sha256(variables: Mapping) -> str:
     return h.hexdigest()
 
 
+def flatten_variables(tree: Mapping) -> dict[VariablePath, Any]:
+    """{('params'|'batch_stats', module..., name): leaf} of a nested variable tree."""
+    return {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 class WeightsError(ValueError):
     """A checkpoint that cannot be converted or loaded; the message names file and keys."""
 
@@ -69,8 +74,7 @@ def expected_variables(arch: str, layout: str) -> dict[VariablePath, tuple[int, 
     _check_arch_layout(arch, layout)
     module = full_backbone(arch, layout)
     abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
+    return {k: tuple(leaf.shape) for k, leaf in flatten_variables(abstract).items()}
 
 
 def key_problems(
@@ -223,7 +227,8 @@ def load_backbone(
             raise WeightsError(f"{path}: checkpoint is {field}={meta[field]!r}, but {wanted!r} was requested")
     taps = tuple(taps) if taps is not None else tuple(meta["taps"])
     if meta["arch"] == HU2024:
-        return _load_encoder_backbone(path, meta, taps, dtype)
+        variables = restore_encoder_variables(path, meta)
+        return build_backbone(HU2024, meta["layout"], taps, dtype=dtype, model=meta["model"]), variables, meta
     _check_arch_layout(meta["arch"], meta["layout"])
     module = full_backbone(meta["arch"], meta["layout"])
     abstract = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
@@ -236,13 +241,15 @@ def load_backbone(
     return build_backbone(meta["arch"], meta["layout"], taps, dtype=dtype), variables, meta
 
 
-def _load_encoder_backbone(path: Path, meta: dict, taps: tuple[str, ...], dtype: Any) -> tuple[nn.Module, dict, dict]:
-    """An exported hu2024 encoder as a retrieval backbone; its variables checked against the
-    model settings of its meta.json (every key and shape) and against the recorded sha256."""
+def restore_encoder_variables(path: str | os.PathLike, meta: Mapping) -> dict:
+    """The float32 variables of an encoder exported by `tmrjax train --export` (`meta`: its
+    :func:`read_meta`), checked against the model settings of its meta.json (every key and
+    shape) and against the recorded sha256."""
     import orbax.checkpoint as ocp
 
     from .models.hu2024 import encoder_from_settings
 
+    path = Path(path).absolute()
     try:
         full = encoder_from_settings(meta["model"], dtype=jnp.float32)
         head = full.projection_dim > 0
@@ -256,12 +263,8 @@ def _load_encoder_backbone(path: Path, meta: dict, taps: tuple[str, ...], dtype:
             stored = checkpointer.restore(path / "variables")
     except Exception as e:  # orbax raises many types; name the file and the cause
         raise WeightsError(f"{path / 'variables'}: cannot restore the encoder's variables: {e}") from e
-
-    def flat(tree):
-        return {tuple(k.key for k in p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-    expected = {k: v.shape for k, v in flat(abstract).items()}
-    problems = key_problems(expected, flat(stored), missing="missing in the checkpoint",
+    expected = {k: v.shape for k, v in flatten_variables(abstract).items()}
+    problems = key_problems(expected, flatten_variables(stored), missing="missing in the checkpoint",
                             unexpected="not in an encoder of these settings")
     if problems:
         raise WeightsError(f"{path}: variables do not fit the encoder its meta.json describes: " + " | ".join(problems))
@@ -271,9 +274,7 @@ def _load_encoder_backbone(path: Path, meta: dict, taps: tuple[str, ...], dtype:
             f"{path / 'variables'}: the variables' sha256 differs from meta.json's variables_sha256 "
             "(a partial copy, or meta.json of another export)"
         )
-    variables = jax.tree.map(lambda x: np.asarray(x, np.float32), stored)
-    module = build_backbone(HU2024, meta["layout"], taps, dtype=dtype, model=meta["model"])
-    return module, variables, meta
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), stored)
 
 
 def random_variables(arch: str, layout: str, seed: int = 0) -> dict:

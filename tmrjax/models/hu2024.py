@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ..weights import WeightsError, key_problems
+from ..weights import WeightsError, flatten_variables, key_problems
 from .resnet import STAGES, Bottleneck, ResNet50
 
 # Output channels of the three AWFF blocks (Sec. 3.5) and LAFF's hidden size d.
@@ -371,11 +371,6 @@ def feature_dim(encoder: "Hu2024Encoder", size: int) -> int:
     return int(jax.eval_shape(feature, images).shape[-1])
 
 
-def _flatten(tree: Mapping) -> dict[tuple[str, ...], Any]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {tuple(k.key for k in path): leaf for path, leaf in flat}
-
-
 def init_from_backbone(backbone_variables: Mapping, variables: Mapping) -> dict:
     """``variables`` (a Hu2024Encoder's) with its trunk replaced by ResNet50 ``backbone_variables``.
 
@@ -385,8 +380,8 @@ def init_from_backbone(backbone_variables: Mapping, variables: Mapping) -> dict:
     keys. New modules (ECA, CA, AWFF, LAFF, head) keep their values; arrays take the encoder's
     dtypes.
     """
-    source = _flatten(backbone_variables)
-    target = _flatten(variables)
+    source = flatten_variables(backbone_variables)
+    target = flatten_variables(variables)
     trunk = {k: v for k, v in target.items() if len(k) > 1 and k[1] == BACKBONE}
     wanted = {(k[0],) + k[2:]: k for k in trunk}
     problems = key_problems(

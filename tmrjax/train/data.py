@@ -84,8 +84,7 @@ class TfdsSource:
         self.labels = self.class_names = None
         if labelled:  # records with a "group" >= 0 (e.g. logo_groups' and METU's queries)
             fields = [open_split(f"{name}:{split}", data_dir, images=False) for split in splits.split("+")]
-            groups = np.array([int(record.get("group", -1)) for source in fields for record in map(
-                source.__getitem__, range(len(source)))])
+            groups = np.array([int(source[i].get("group", -1)) for source in fields for i in range(len(source))])
             self.rows = self.rows[groups >= 0]
             if not len(self.rows):
                 raise ValueError(f"{spec}: no record has a group label >= 0 to train on")

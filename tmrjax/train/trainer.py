@@ -30,7 +30,7 @@ from ml_collections import ConfigDict
 from .. import __version__
 from ..models import HU2024
 from ..models.hu2024 import Hu2024Encoder, encoder_from_settings, feature_dim, init_from_backbone
-from ..weights import ENCODER_FORMAT, variables_sha256
+from ..weights import ENCODER_FORMAT, WeightsError, read_meta, restore_encoder_variables, variables_sha256
 from . import cosface, moco
 from .data import BatchLoader, open_source
 from .optim import came, decay_mask, warmup_cosine_restarts
@@ -314,25 +314,20 @@ def whiten_on_gallery(vectors: np.ndarray, num_queries: int, dim: int) -> np.nda
 
 def load_encoder(path: str | os.PathLike, config: ConfigDict) -> dict:
     """Variables of an encoder exported by `tmrjax train --export` (float32), checked against
-    the config's model: a MoCo run starting from a CosFace pre-training, or the reverse."""
-    import orbax.checkpoint as ocp
-
+    the config's model, then against its own meta.json (`tmrjax.weights.restore_encoder_variables`):
+    a MoCo run starting from a CosFace pre-training, or the reverse."""
     path = Path(path).absolute()
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path}: no meta.json; not an encoder exported by `tmrjax train --export`")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {ENCODER_FORMAT!r}")
+    meta = read_meta(path)
+    if meta["format"] != ENCODER_FORMAT:
+        raise WeightsError(f"{path}: a {meta['arch']} backbone, not an encoder exported by `tmrjax train --export`; "
+                           "start from it with init_weights")
     mine = json.loads(json.dumps(config.model.to_dict(), default=list))
     theirs = {k: meta["model"].get(k) for k in mine}
     different = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k] and k != "dtype"}
     if different:
         raise ValueError(f"{path}: encoder trained with other model settings than this config: "
                          + ", ".join(f"model.{k} {a!r} there, {b!r} here" for k, (a, b) in different.items()))
-    with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(path / "variables")
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), variables)
+    return restore_encoder_variables(path, meta)
 
 
 def export_encoder(state: moco.TrainState, config: ConfigDict, out_dir: str | os.PathLike, command: str) -> Path:
