@@ -7,6 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+# No wheel cache: the --test install is ~6.5 GB in .venv (torch's CUDA build), and a cache would
+# hold another ~4 GB of wheels; a machine with little disk left fails half-way otherwise.
+export PIP_NO_CACHE_DIR=1
+need_gb=2; [[ "${1:-}" == "--test" ]] && need_gb=12
+free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+if (( free_gb < need_gb )); then
+  echo "warning: $free_gb GB free on $(df -P . | awk 'NR==2 {print $6}'); setup.sh ${1:-} needs about $need_gb GB (venv, and the tests' temporary files)" >&2
+fi
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
