@@ -159,8 +159,33 @@ def test_resume_gives_the_same_losses_and_state_as_an_uninterrupted_run(marks, s
 
 def test_a_workdir_with_checkpoints_needs_resume(marks, straight):
     workdir, _, _ = straight
+    saved = (workdir / "config.json").read_text()
     with pytest.raises(ValueError, match="has checkpoints; pass resume=True"):
-        quiet_train(tiny_config(marks), workdir, max_steps=6)
+        quiet_train(tiny_config(marks, batch_size=8), workdir, max_steps=6)
+    assert (workdir / "config.json").read_text() == saved  # the run's record is not overwritten
+
+
+def test_resume_refuses_a_config_that_changes_the_run(marks, stopped, tmp_path):
+    first_dir, _ = stopped
+    workdir = tmp_path / "run"
+    shutil.copytree(first_dir, workdir)
+    saved = (workdir / "config.json").read_text()
+    changed = tiny_config(marks, batch_size=8, **{"optim.learning_rate": 2e-3, "log_every_steps": 3})
+    with pytest.raises(ValueError, match=r"in batch_size: 16 -> 8; optim\.learning_rate: 0\.001 -> 0\.002\. ") as e:
+        quiet_train(changed, workdir, resume=True, max_steps=6)
+    assert "log_every_steps" not in str(e.value).split("free to change")[0]
+    assert (workdir / "config.json").read_text() == saved
+
+
+def test_resume_may_change_what_is_not_trained(marks, stopped, tmp_path):
+    first_dir, _ = stopped
+    workdir = tmp_path / "run"
+    shutil.copytree(first_dir, workdir)
+    changed = tiny_config(marks, **{"log_every_steps": 3, "data.workers": 1, "eval.batch_size": 64})
+    result, lines = quiet_train(changed, workdir, resume=True, max_steps=4)
+    assert any(line.startswith("resume     from step 3 ") for line in lines)
+    assert [r["step"] for r in result.history] == [4]
+    assert json.loads((workdir / "config.json").read_text())["log_every_steps"] == 3
 
 
 # ---------------------------------------------------------------------------------- divergence

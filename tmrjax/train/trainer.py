@@ -12,6 +12,7 @@ every global batch.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import os
@@ -70,6 +71,48 @@ def _checkpoint_manager(workdir: Path, config: ConfigDict):
     return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
 
 
+# Config fields that a resumed run may change: none of them is in the compiled step, the data
+# order or the schedule, so the resumed run still continues the checkpointed one bit for bit.
+RESUMABLE_FIELDS = ("data.workers", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval.*")
+
+
+def check_resume_config(path: Path, config: ConfigDict) -> None:
+    """Refuse to resume the run saved beside `path` (its config.json) under a config that
+    changes what is trained: a different schedule, batch, model or data would splice two
+    runs into one checkpoint history."""
+
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    try:
+        saved = flat(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the config of the run to resume ({e})") from e
+    given = flat(json.loads(config.to_json()))
+
+    def shown(fields, key):
+        return repr(fields[key]) if key in fields else "(absent)"
+
+    changed = [
+        f"{key}: {shown(saved, key)} -> {shown(given, key)}"
+        for key in sorted(saved.keys() | given.keys())
+        if shown(saved, key) != shown(given, key)
+        and not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUMABLE_FIELDS)
+    ]
+    if changed:
+        raise ValueError(
+            f"{path.parent}: --resume with a config that differs from the run's {path.name} in "
+            f"{'; '.join(changed)}. Resume with the same config, or start a new workdir "
+            f"(free to change: {', '.join(RESUMABLE_FIELDS)})"
+        )
+
+
 @dataclasses.dataclass
 class RunResult:
     workdir: Path
@@ -98,6 +141,11 @@ def train(
         jax.distributed.initialize()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    if has_checkpoints and not resume:
+        raise ValueError(f"{workdir}: has checkpoints; pass resume=True (--resume) or use a new workdir")
+    if has_checkpoints and (workdir / "config.json").exists():
+        check_resume_config(workdir / "config.json", config)
     (workdir / "config.json").write_text(config.to_json(indent=2))
 
     mesh = make_mesh()
@@ -155,8 +203,6 @@ def train(
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
         start = int(state.step)
         log(f"resume     from step {start} ({workdir / 'checkpoints'})")
-    elif manager.latest_step() is not None:
-        raise ValueError(f"{workdir}: has checkpoints; pass resume=True (--resume) or use a new workdir")
 
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P(moco.AXIS))
