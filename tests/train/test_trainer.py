@@ -181,7 +181,8 @@ def test_resume_may_change_what_is_not_trained(marks, stopped, tmp_path):
     first_dir, _ = stopped
     workdir = tmp_path / "run"
     shutil.copytree(first_dir, workdir)
-    changed = tiny_config(marks, **{"log_every_steps": 3, "data.workers": 1, "eval.batch_size": 64})
+    changed = tiny_config(marks, **{"log_every_steps": 3, "data.workers": 1, "eval.batch_size": 64,
+                                    "init_encoder": str(tmp_path / "not-read-on-resume")})
     result, lines = quiet_train(changed, workdir, resume=True, max_steps=4)
     assert any(line.startswith("resume     from step 3 ") for line in lines)
     assert [r["step"] for r in result.history] == [4]

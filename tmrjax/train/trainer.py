@@ -72,8 +72,12 @@ def _checkpoint_manager(workdir: Path, config: ConfigDict):
 
 
 # Config fields that a resumed run may change: none of them is in the compiled step, the data
-# order or the schedule, so the resumed run still continues the checkpointed one bit for bit.
-RESUMABLE_FIELDS = ("data.workers", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval.*")
+# order or the schedule (the init_* starting points are replaced by the checkpoint), so the
+# resumed run still continues the checkpointed one bit for bit.
+RESUMABLE_FIELDS = (
+    "data.workers", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval.*",
+    "init_weights", "init_encoder",
+)
 
 
 def check_resume_config(path: Path, config: ConfigDict) -> None:
@@ -141,7 +145,8 @@ def train(
         jax.distributed.initialize()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    has_checkpoints = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    manager = _checkpoint_manager(workdir, config)
+    has_checkpoints = manager.latest_step() is not None
     if has_checkpoints and not resume:
         raise ValueError(f"{workdir}: has checkpoints; pass resume=True (--resume) or use a new workdir")
     if has_checkpoints and (workdir / "config.json").exists():
@@ -177,7 +182,10 @@ def train(
     rng = jax.random.key(config.seed)
 
     variables = None
-    if config.init_weights:
+    resuming = resume and has_checkpoints  # the checkpoint replaces any starting point
+    if config.init_weights and config.get("init_encoder"):
+        raise ValueError("init_weights and init_encoder both set; give one starting point")
+    if config.init_weights and not resuming:
         from ..weights import load_backbone
 
         _, backbone_vars, meta = load_backbone(config.init_weights, arch="resnet50", layout=config.model.layout)
@@ -185,9 +193,7 @@ def train(
         fresh = encoder.init(jax.random.fold_in(rng, 1), jnp.zeros((2, size, size, 3)), train=False, project=True)
         variables = init_from_backbone(backbone_vars, fresh)
         log(f"init       ResNet50 trunk from {config.init_weights} ({meta['source'].get('file')})")
-    if config.get("init_encoder"):
-        if variables is not None:
-            raise ValueError("init_weights and init_encoder both set; give one starting point")
+    if config.get("init_encoder") and not resuming:
         variables = load_encoder(config.init_encoder, config)
         log(f"init       encoder from {config.init_encoder}")
     if supervised:
@@ -196,9 +202,8 @@ def train(
     else:
         state = moco.create_state(encoder, tx, config, jax.random.fold_in(rng, 2), variables)
 
-    manager = _checkpoint_manager(workdir, config)
     start = 0
-    if resume and manager.latest_step() is not None:
+    if resuming:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
         start = int(state.step)
