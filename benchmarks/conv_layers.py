@@ -86,15 +86,17 @@ def main(argv=None) -> None:
             xj, wj, pad = jnp.asarray(x), jnp.asarray(w), k // 2
             conv = jax.jit(lambda a, b, s=stride, p=pad: jax.nn.relu(jax.lax.conv_general_dilated(
                 a, b, (s, s), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))))
-            calls = {"xla conv": lambda: conv(xj, wj).block_until_ready()}
+            # Each call is measured in this iteration, so the closures see this layer's arrays.
+            calls = {"xla conv": lambda: conv(xj, wj).block_until_ready()}  # noqa: B023
             if k == 1:
-                matmul = jax.jit(lambda a, b, s=stride: jax.nn.relu(jnp.einsum("bhwc,cd->bhwd", a[:, ::s, ::s], b[0, 0])))
-                calls["xla matmul"] = lambda: matmul(xj, wj).block_until_ready()
+                matmul = jax.jit(
+                    lambda a, b, s=stride: jax.nn.relu(jnp.einsum("bhwc,cd->bhwd", a[:, ::s, ::s], b[0, 0])))
+                calls["xla matmul"] = lambda: matmul(xj, wj).block_until_ready()  # noqa: B023
             xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
             layer = torch.nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=False).eval()
             with torch.inference_mode():
                 layer.weight.copy_(torch.from_numpy(w).permute(3, 2, 0, 1))
-                calls["torch"] = lambda: torch.relu_(layer(xt))
+                calls["torch"] = lambda: torch.relu_(layer(xt))  # noqa: B023
                 times = harness.measure_blocks(calls, warmup=2, repeats=args.repeats, rounds=1)
             t = {side: harness.median(v) for side, v in times.items()}
             ours = t.get("xla matmul", t["xla conv"])
@@ -104,7 +106,7 @@ def main(argv=None) -> None:
             matmul_ms = f"{1e3 * t['xla matmul']:.2f}" if "xla matmul" in t else ""
             rows.append([name, f"x{count}", f"{size}", f"{1e3 * t['xla conv']:.2f}", matmul_ms,
                          f"{1e3 * t['torch']:.2f}", f"{t['torch'] / ours:.2f}"])
-            raw.append({"net": net, "layer": name, "count": count, **{s: v for s, v in times.items()}})
+            raw.append({"net": net, "layer": name, "count": count, **times})
             print(f"  {net} {name}: {t}", file=sys.stderr, flush=True)
         rows.append(["**sum (time x n)**", "", "", f"{1e3 * total_xla:.0f}", f"tmrjax {1e3 * total_tmrjax:.0f}",
                      f"{1e3 * total_torch:.0f}", f"{total_torch / total_tmrjax:.2f}"])

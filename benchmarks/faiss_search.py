@@ -75,7 +75,8 @@ def bench_kind(kind: str, gallery: np.ndarray, queries: np.ndarray, k: int, repe
     ones = [1] * n
     with tempfile.TemporaryDirectory(prefix="tmrjax-faiss-bench-") as tmp:
         start = time.perf_counter()
-        index = GalleryIndex.create(tmp, dim, {"kind": kind}, {PIPELINE_HASH_KEY: "benchmark", "name": "random vectors"})
+        index = GalleryIndex.create(
+            tmp, dim, {"kind": kind}, {PIPELINE_HASH_KEY: "benchmark", "name": "random vectors"})
         index.add(ids, sha, ones, ones, gallery)  # ivfpq: trains on this first add
         build_s = time.perf_counter() - start
         del ids, sha

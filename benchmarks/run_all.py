@@ -47,7 +47,8 @@ def main(argv=None) -> None:
             cmd += ["--json", str(args.out / f"{name}.json")]
         print(f"\n<!-- {' '.join(cmd)} -->", flush=True)
         start = time.perf_counter()
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # progress goes to stderr as it comes
+        # progress goes to stderr as it comes
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         print(done.stdout, flush=True)
         print(f"<!-- {name}: {time.perf_counter() - start:.0f} s, exit status {done.returncode} -->", flush=True)
         if args.out:

@@ -14,9 +14,10 @@ small batch) and the speed ratio compares equal work.
     JAX_PLATFORMS=cuda python benchmarks/torch_reference.py --batch-sizes 1,64 --dtype bfloat16
 
 Timings: uint8 images in host memory -> vectors in host memory, both sides, each in blocks of
-calls of its own (--rounds alternating blocks), warm-up excluded, median of all timed calls. torch runs under `torch.inference_mode()` with
-`torch.set_num_threads(os.cpu_count())` (--torch-threads); with --dtype bfloat16 the torch backbone runs under
-`torch.autocast(bfloat16)` and the tmrjax backbone in bfloat16 (both pool in float32).
+calls of its own (--rounds alternating blocks), warm-up excluded, median of all timed calls. torch runs under
+`torch.inference_mode()` with `torch.set_num_threads(os.cpu_count())` (--torch-threads); with --dtype
+bfloat16 the torch backbone runs under `torch.autocast(bfloat16)` and the tmrjax backbone in bfloat16 (both
+pool in float32).
 """
 
 from __future__ import annotations
@@ -182,7 +183,10 @@ class TorchPipeline:
         self.device, self.dtype = device, dtype
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        as_t = lambda a: None if a is None else torch.from_numpy(np.asarray(a)).to(device)
+
+        def as_t(a):
+            return None if a is None else torch.from_numpy(np.asarray(a)).to(device)
+
         self.pca_mean = as_t(arts.pca_mean) if arts else None
         self.pca_proj = as_t(arts.pca_projection) if arts else None
         self.centroids = as_t(arts.centroids) if arts else None
@@ -296,7 +300,8 @@ def compare_pipeline(name: str, backbones: Backbones, device, args, checks: list
     results = []
     for batch in harness.csv_ints(args.batch_sizes):
         images = harness.random_images(pipe.resolutions, batch)
-        times = harness.measure_blocks(_calls(pipe, twin, images), warmup=args.warmup, repeats=args.repeats, rounds=args.rounds, load=load)
+        times = harness.measure_blocks(_calls(pipe, twin, images), warmup=args.warmup, repeats=args.repeats,
+                                       rounds=args.rounds, load=load)
         results.append({"pipeline": name, "batch": batch, "dtype": args.dtype, **times})
         print(f"  {name} B={batch}: " + ", ".join(f"{k} {harness.median(v):.3f}s" for k, v in times.items()),
               file=sys.stderr, flush=True)
@@ -328,7 +333,8 @@ def main(argv=None) -> None:
     print(harness.markdown_table(
         ["pipeline", "max |Δ| vectors", "min cosine", "max |Δ| features / max |f|", "region grids equal"],
         [[c["pipeline"], f"{c['vector_max_abs_diff']:.2e}", f"{c['min_cosine']:.6f}",
-          f"{c['feature_max_abs_diff_rel']:.2e}", {None: "n/a (global)", True: "yes", False: "NO"}[c["region_grids_equal"]]]
+          f"{c['feature_max_abs_diff_rel']:.2e}",
+          {None: "n/a (global)", True: "yes", False: "NO"}[c["region_grids_equal"]]]
          for c in checks]))
     print("\n### speed\n")
     rows = []

@@ -25,12 +25,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import faiss  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+import faiss
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 faiss.omp_set_num_threads(1)
 
@@ -48,7 +48,7 @@ def pytest_unconfigure(config):
 # Backbones and configs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numpy_random_variables(arch: str, layout: str, seed: int = 0) -> dict:
     from tmrjax.weights import full_backbone
 

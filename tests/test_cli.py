@@ -9,9 +9,9 @@ import shutil
 
 import numpy as np
 import pytest
+import tmrjax.configs.mac
 from PIL import Image
 
-import tmrjax.configs.mac
 from tmrjax.cli import main
 from tmrjax.data.images import list_images
 from tmrjax.index import GalleryIndex
@@ -108,7 +108,9 @@ def copy(run, tmp_path):
 def summary_counts(stdout):
     """(total, added, re-embedded, unchanged, skipped) from `tmrjax index`'s summary line."""
     match = re.search(
-        r"(\d+) marks \((\d+) added, (\d+) re-embedded after a content change, (\d+) unchanged, \d+ removed as deleted, (\d+) skipped\)", stdout
+        r"(\d+) marks \((\d+) added, (\d+) re-embedded after a content change, (\d+) unchanged, "
+        r"\d+ removed as deleted, (\d+) skipped\)",
+        stdout
     )
     assert match, stdout
     return tuple(int(g) for g in match.groups())
@@ -251,7 +253,7 @@ def test_a_config_that_needs_no_fit_is_used_by_name(run, tmp_path, tiny_mac):
 
 
 def test_indexing_with_an_unfitted_pca_config_name_fails_clearly(run, tmp_path):
-    code, stdout, stderr = tmrjax_cli("index", run["root"], "--pipeline", "mr_rsmac_ura", "--out", tmp_path / "index")
+    code, _, stderr = tmrjax_cli("index", run["root"], "--pipeline", "mr_rsmac_ura", "--out", tmp_path / "index")
     assert code == 2
     assert "tmrjax index: error: pipeline 'mr_rsmac_ura' needs fitted PCA-whitening/codebook" in stderr
     assert "`tmrjax fit IMAGES --pipeline mr_rsmac_ura --out DIR`" in stderr

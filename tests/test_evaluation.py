@@ -88,7 +88,8 @@ def test_shared_backbone_passes_give_the_same_vectors_as_embed(configs_dir, benc
     np.testing.assert_allclose(shared[1], tmrjax.embed(images, b), atol=1e-5)
 
 
-def test_eval_prints_the_papers_table_writes_results_and_report_and_caches(configs_dir, fake_benchmark, tmp_path, monkeypatch):
+def test_eval_prints_the_papers_table_writes_results_and_report_and_caches(configs_dir, fake_benchmark, tmp_path,
+                                                                          monkeypatch):
     names = [str(configs_dir / f"{n}.py") for n in TINY_CONFIGS]
     out = tmp_path / "run"
     rows, report = run_eval("tiny/bench", names, out, fit_images=6, progress=False, log=lambda *_: None)

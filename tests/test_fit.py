@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from tmrjax.kernels.idf import idf_from_document_frequency
 
 from tmrjax.data.images import FailureLog, iter_batches, list_images
 from tmrjax.fit import FolderImages, describe_fit, fit_pipeline, fit_pipelines, sample_ids
-from tmrjax.kernels.idf import idf_from_document_frequency
 from tmrjax.pipeline import Pipeline, PipelineError, config_hash
 
 pytestmark = pytest.mark.usefixtures("fast_random_init")
@@ -39,8 +39,9 @@ def test_fit_writes_pipeline_json_and_artefacts(ura_fitted, marks_dir):
     assert info["data"]["pca_descriptors"] == 12 * 30 * 2  # every region of both resolutions
     with np.load(directory / "artefacts.npz") as z:
         assert sorted(z.files) == ["centroids", "idf", "pca_mean", "pca_projection"]
+    idf = pipeline.artefacts.idf
     assert describe_fit(pipeline) == {"pca_whitening": "512 -> 16", "codebook_words": 8,
-                                      "idf_range": f"{pipeline.artefacts.idf.min():.3f} .. {pipeline.artefacts.idf.max():.3f}"}
+                                      "idf_range": f"{idf.min():.3f} .. {idf.max():.3f}"}
 
 
 def test_pca_whitening_has_the_right_shape_and_whitens_the_fit_sample(ura_fitted, fit_sample):
@@ -123,8 +124,9 @@ def test_global_pooling_with_too_few_images_for_pca_whitening_fails_before_readi
         tiny_config, marks_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(Pipeline, "features_batch", lambda *_: pytest.fail("read images before refusing"))
     config = tiny_config("spoc_pcaw", (96,))  # VGG16 SPoC, PCA-w to 16 dims; 12 marks
-    with pytest.raises(PipelineError, match="spoc_pcaw pools one descriptor per image and resolution, so 12 images "
-                                            "give at most 12, too few to fit PCA-whitening to 16 dims; fit on more than 16"):
+    with pytest.raises(PipelineError, match="spoc_pcaw pools one descriptor per image and resolution, so "
+                                            "12 images give at most 12, too few to fit PCA-whitening to 16 dims; "
+                                            "fit on more than 16"):
         fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "out", progress=False)
 
 

@@ -39,7 +39,8 @@ def test_every_mark_is_indexed_exactly_once(indexed):
     assert (report.total, report.added, report.replaced, report.unchanged, len(report.failures)) == (12, 12, 0, 0, 0)
     index = GalleryIndex.open(str(index_dir))
     assert sorted(index.ids) == expected and len(index) == 12
-    assert "12 marks (12 added, 0 re-embedded after a content change, 0 unchanged, 0 removed as deleted, 0 skipped)" in report.summary()
+    expected = "12 marks (12 added, 0 re-embedded after a content change, 0 unchanged, 0 removed as deleted, 0 skipped)"
+    assert expected in report.summary()
 
 
 def test_each_mark_finds_itself_first(indexed, ura_fitted):

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from tmrjax.kernels.regions import rmac_regions
 
 import tmrjax
 import tmrjax.pipeline
-from tmrjax.kernels.regions import rmac_regions
 from tmrjax.pipeline import (
     Pipeline,
     PipelineError,
@@ -45,7 +45,8 @@ def test_config_loads_validates_and_names_its_paper_table_row(name):
     assert config.name == name
     doc = importlib.import_module(f"tmrjax.configs.{name}").__doc__
     assert doc and re.search(r"Table \d", doc), f"configs/{name}.py: docstring names no paper table"
-    assert config.paper_row and config.paper_row in doc, f"configs/{name}.py: paper_row {config.paper_row!r} not in docstring"
+    assert config.paper_row and config.paper_row in doc, \
+        f"configs/{name}.py: paper_row {config.paper_row!r} not in docstring"
 
 
 @pytest.mark.parametrize("name", sorted(ISSUE_METHODS))

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .pipeline import Pipeline, PipelineError, embed, embed_stream  # noqa: E402
-from .weights import WeightsError, load_backbone  # noqa: E402
+from .pipeline import Pipeline, PipelineError, embed, embed_stream
+from .weights import WeightsError, load_backbone
 
 __all__ = ["Pipeline", "PipelineError", "WeightsError", "__version__", "embed", "embed_stream", "load_backbone"]

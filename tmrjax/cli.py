@@ -66,7 +66,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(
             {"pipeline": pipeline.info(), "k": args.k, "results": [
-                {"query": str(q), "ranking": [{"rank": r + 1, "id": i, "similarity": s} for r, (i, s) in enumerate(res)]}
+                {"query": str(q),
+                 "ranking": [{"rank": r + 1, "id": i, "similarity": s} for r, (i, s) in enumerate(res)]}
                 for q, res in zip(args.queries, results)
             ]},
             indent=2,

@@ -13,8 +13,8 @@ import functools
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -125,7 +125,8 @@ def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:
     for row in range(len(benchmark)):
         group = int(benchmark.groups[row])
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in benchmark.id(row))
-        path = out / ("queries" if group >= 0 else "gallery") / (f"{group:03d}-{safe}.png" if group >= 0 else f"{safe}.png")
+        folder, file = ("queries", f"{group:03d}-{safe}.png") if group >= 0 else ("gallery", f"{safe}.png")
+        path = out / folder / file
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(benchmark.image(row)).save(path)
@@ -298,8 +299,9 @@ def run_eval(
         started = time.time()
         fit_pipelines([p for p, _ in to_fit], GalleryImages(benchmark), [d for _, d in to_fit],
                       num_images=fit_images, progress=progress)
+        fitted_on = min(fit_images or max(p.config.fit.num_images for p, _ in to_fit), len(benchmark.gallery_rows))
         log(f"fitted     {', '.join(p.name for p, _ in to_fit)} on the gallery in {time.time() - started:.0f} s "
-            f"({min(fit_images or max(p.config.fit.num_images for p, _ in to_fit), len(benchmark.gallery_rows))} marks)")
+            f"({fitted_on} marks)")
     if todo:
         for pipeline, v in zip(todo, embed_benchmark(benchmark, todo, progress=progress)):
             cache = caches[labels.index(pipeline.name)]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,9 @@ class FolderImages:
     def describe(self) -> str:
         return str(self.root.absolute())
 
-    def batches(self, ids: Sequence[str], sizes: tuple[int, ...], batch_size: int, failures: FailureLog) -> Iterator[Batch]:
+    def batches(
+        self, ids: Sequence[str], sizes: tuple[int, ...], batch_size: int, failures: FailureLog
+    ) -> Iterator[Batch]:
         return iter_batches(ids, self.root, sizes, batch_size, failures=failures)
 
 
@@ -219,7 +222,7 @@ def _fit_group(
                 "images_sampled": len(paths),
                 "images_used": images_used,
                 "images_skipped": len(failures),
-                "pca_descriptors": int(len(sample)),
+                "pca_descriptors": len(sample),
                 "seed": int(pipeline.config.fit.seed),
                 "seconds": round(time.time() - started, 1),
                 "fitted_with": [p.name for p in pipelines],

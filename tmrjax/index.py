@@ -30,8 +30,8 @@ import datetime
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import faiss
 import numpy as np
@@ -147,7 +147,7 @@ class _Rows:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _new_faiss_index(dim: int, params: dict) -> faiss.Index:

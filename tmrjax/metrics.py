@@ -37,8 +37,9 @@ Rank of a relevant item r, counted over the database without sorting it:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -20,8 +20,9 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +32,11 @@ from ml_collections import ConfigDict
 from . import __version__
 from .fileio import write_atomic
 from .kernels import idf, pooling, regions, whitening
+
 # The function: `tmrjax.kernels.crow` names it, not its module (kernels/__init__.py).
 from .kernels.crow import crow
-from .weights import load_backbone, random_variables
 from .models import build_backbone
+from .weights import load_backbone, random_variables
 
 PIPELINE_FORMAT = "tmrjax-pipeline/1"
 RANDOM_WEIGHTS_SEED = 0
@@ -144,7 +146,8 @@ def validate_config(config: ConfigDict) -> None:
     if e.attention not in ATTENTIONS:
         raise PipelineError(f"{config.name}: embed.attention={e.attention!r}; expected one of {ATTENTIONS}")
     if e.attention == "idf" and e.pca_whitening_dim <= 0:
-        raise PipelineError(f"{config.name}: URA (attention='idf') works on PCA-whitened regions; set pca_whitening_dim")
+        raise PipelineError(
+            f"{config.name}: URA (attention='idf') works on PCA-whitened regions; set pca_whitening_dim")
     if not e.resolutions or any(int(r) < 32 for r in e.resolutions):
         raise PipelineError(f"{config.name}: embed.resolutions={tuple(e.resolutions)}; each must be >= 32")
 
@@ -194,7 +197,7 @@ class Artefacts:
         write_atomic(path, lambda f: np.savez(f, **self.arrays()))
 
     @classmethod
-    def load(cls, path: Path) -> "Artefacts":
+    def load(cls, path: Path) -> Artefacts:
         with np.load(path, allow_pickle=False) as data:
             return cls(**{k: np.asarray(data[k]) for k in data.files})
 
@@ -251,7 +254,7 @@ class Pipeline:
     @classmethod
     def create(
         cls, config: ConfigDict | str, weights: str | os.PathLike | None = None, dtype: Any = jnp.float32
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """An unfitted pipeline from a config and a converted backbone (random init if None)."""
         if isinstance(config, str):
             config = load_config(config)
@@ -279,7 +282,7 @@ class Pipeline:
         return pipeline
 
     @classmethod
-    def load(cls, pipeline: str | os.PathLike, weights: str | os.PathLike | None = None) -> "Pipeline":
+    def load(cls, pipeline: str | os.PathLike, weights: str | os.PathLike | None = None) -> Pipeline:
         """A fitted pipeline directory (from `tmrjax fit`), or a config that needs no fitting."""
         path = Path(pipeline)
         if not (path / "pipeline.json").is_file():
@@ -294,7 +297,8 @@ class Pipeline:
             return cls.create(config, weights=weights)
         info = json.loads((path / "pipeline.json").read_text())
         if info.get("format") != PIPELINE_FORMAT:
-            raise PipelineError(f"{path / 'pipeline.json'}: format {info.get('format')!r}, expected {PIPELINE_FORMAT!r}")
+            raise PipelineError(
+                f"{path / 'pipeline.json'}: format {info.get('format')!r}, expected {PIPELINE_FORMAT!r}")
         config = ConfigDict(info["config"])
         if config_hash(config) != info["config_hash"]:
             raise PipelineError(f"{path}: pipeline.json's config does not match its recorded hash")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -41,7 +41,9 @@ def _thumb(image: np.ndarray, border: tuple[int, int, int], width: int) -> Image
     return tile
 
 
-def contact_sheet(benchmark, vectors: np.ndarray, queries: list[int], relevant: list[set[int]], top: int = 10) -> tuple[Image.Image, list[dict]]:
+def contact_sheet(
+    benchmark, vectors: np.ndarray, queries: list[int], relevant: list[set[int]], top: int = 10
+) -> tuple[Image.Image, list[dict]]:
     """Rows: query then its top-`top` results (query excluded); relevant ones framed green."""
     scores = similarities(vectors, np.asarray(queries))
     cols = top + 1

@@ -22,8 +22,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,7 +42,8 @@ VariablePath = tuple[str, ...]
 def variables_sha256(variables: Mapping) -> str:
     """sha256 over a variable tree's paths, dtypes, shapes and bytes: which weights these are."""
     h = hashlib.sha256()
-    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(variables)[0], key=lambda p: jax.tree_util.keystr(p[0])):
+    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+    for path, leaf in sorted(leaves, key=lambda p: jax.tree_util.keystr(p[0])):
         value = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{jax.tree_util.keystr(path)}:{value.dtype.name}:{value.shape};".encode())
         h.update(value.tobytes())

@@ -148,7 +148,7 @@ def test_parity_with_torchvision(checkpoints, arch, size, record_property, taps_
 
 
 def test_meta_names_source_and_dropped_head(checkpoints):
-    out, _, _, meta = checkpoints.backbone("resnet50")
+    _, _, _, meta = checkpoints.backbone("resnet50")
     assert meta["arch"] == "resnet50" and meta["layout"] == "torchvision"
     assert meta["source"]["framework"] == "torchvision"
     assert meta["source"]["file"] == "resnet50.pth"

@@ -476,7 +476,7 @@ def test_build_and_read_back(tmp_path):
     bench = lg.load_logo_groups("tiny", data_dir)
     queries = bench.query_indices
     assert len(queries) == 6 and (bench.groups[queries] == 0).all() and (bench.brands[queries] == "alpha").all()
-    assert len({s for s in bench.sets[queries]}) == 6  # 6 families: one set each
+    assert len(set(bench.sets[queries])) == 6  # 6 families: one set each
     assert "logos:alpha-wordmark" not in bench.ids  # same brand: neither query nor distractor
     assert not any("alpha-tools" in i for i in bench.ids)  # related to a group brand: not a distractor
     assert "logos:white" not in bench.ids  # blank on white

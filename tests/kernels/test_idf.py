@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from tmrjax.kernels import (
     assign_words,
     document_frequency,

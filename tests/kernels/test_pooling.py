@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from tmrjax.kernels import (
     gem,
     l2_normalize,
@@ -157,7 +156,7 @@ def test_regional_pooling_matches_loop_over_regions_jit_and_vmap(name):
         boxes = rmac_regions(shape[1], shape[2], levels=3, include_full_map=True)
         expected = ref_regional(pool, x, boxes)
         x32 = jnp.asarray(x, jnp.float32)
-        pooled = jax.jit(lambda v: kernel(v, boxes))
+        pooled = jax.jit(lambda v, boxes=boxes: kernel(v, boxes))
         assert_close(pooled(x32), expected)
         assert_close(jax.jit(jax.vmap(pooled))(x32), expected)
 

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from tmrjax.kernels import region_intervals, region_masks, rmac_regions
 
 

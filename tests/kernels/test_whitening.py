@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from tmrjax.kernels import apply_pca_whitening, learn_pca_whitening
 
 learn = jax.jit(learn_pca_whitening, static_argnames="dim")

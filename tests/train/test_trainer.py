@@ -395,7 +395,8 @@ def test_exported_encoder_refuses_other_settings_and_changed_variables(cli_run, 
     meta["model"]["width"] = 16
     (widened / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match=r"do not fit the encoder its meta.json describes: shape mismatches: "
-                                           r".*params/backbone/conv1/kernel: expected \(7, 7, 3, 16\), got \(7, 7, 3, 8\)"):
+                                           r".*params/backbone/conv1/kernel: "
+                                           r"expected \(7, 7, 3, 16\), got \(7, 7, 3, 8\)"):
         Pipeline.create(config, weights=widened)
     other = shutil.copytree(root / "encoder", tmp_path / "other")
     meta = json.loads((other / "meta.json").read_text())

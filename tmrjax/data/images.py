@@ -89,7 +89,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     if st.st_size == 0:
         raise ImageError(name, "empty file (0 bytes)")
     try:
-        f = open(name, "rb")
+        f = open(name, "rb")  # noqa: SIM115 -- closed by the `with f:` below, after the error mapping
     except PermissionError:
         raise ImageError(name, "permission denied") from None
     except OSError as e:
@@ -139,7 +139,7 @@ def _decode(img: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
 def _orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception:  # a garbled EXIF block says nothing about the pixels, which decoded fine
+    except Exception:  # noqa: BLE001 -- a garbled EXIF block says nothing about the pixels, which decoded fine
         return 1
 
 
@@ -259,9 +259,10 @@ def list_images(root: str | os.PathLike) -> list[str]:
             child = f"{rel}/{entry.name}" if rel else entry.name
             if entry.is_dir(follow_symlinks=True):
                 subdirs.append((entry.path, child))
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                if entry.is_file(follow_symlinks=True) or entry.is_symlink():
-                    found.append(child)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and (
+                entry.is_file(follow_symlinks=True) or entry.is_symlink()
+            ):
+                found.append(child)
         stack.extend(reversed(subdirs))
     return sorted(found)
 
@@ -352,7 +353,7 @@ def _load_all(paths, root, sizes, workers, failures, max_pixels, readahead) -> I
             except ImageError as e:
                 failures.add(rel, e.reason)
                 continue
-            except Exception as e:  # one odd file must not end a run over a million
+            except Exception as e:  # noqa: BLE001 -- one odd file must not end a run over a million
                 failures.add(rel, f"unexpected {type(e).__name__}: {e}")
                 continue
             yield rel, prepared

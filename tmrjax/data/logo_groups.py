@@ -582,10 +582,11 @@ def form_groups(
     """One group per brand from its candidates, or the reason there is none.
 
     Members are taken round-robin over families (designers), in an order drawn from `seed` and the brand's
-    name (not its place in the list), so a group spreads over as many designers as it can; a candidate is skipped when it is an exact
-    copy (same SVG body or pixels) or a near copy (`thumbnail_distance` < `near_copy`) of a member already taken.
-    Taking stops at `max_size`; a group needs `min_size` members from `min_families` families (and so from at
-    least as many sets). Returns the groups in `brands` order and {brand: reason} for the others.
+    name (not its place in the list), so a group spreads over as many designers as it can; a candidate is
+    skipped when it is an exact copy (same SVG body or pixels) or a near copy (`thumbnail_distance` <
+    `near_copy`) of a member already taken. Taking stops at `max_size`; a group needs `min_size` members from
+    `min_families` families (and so from at least as many sets). Returns the groups in `brands` order and
+    {brand: reason} for the others.
     """
     if not 1 <= min_size <= max_size:
         raise ValueError(f"group sizes: expected 1 <= min_size <= max_size, got {min_size} and {max_size}")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -70,7 +71,7 @@ GALLERY_DIR_NAMES = ("930k_logo_v3", "pool")
 """Folder names of the gallery (the images that are not queries)."""
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
-_DIR_KINDS = {**{n: "queries" for n in QUERY_DIR_NAMES}, **{n: "gallery" for n in GALLERY_DIR_NAMES}}
+_DIR_KINDS = {**dict.fromkeys(QUERY_DIR_NAMES, "queries"), **dict.fromkeys(GALLERY_DIR_NAMES, "gallery")}
 _EXPECTED = {"queries": QUERY_DIR_NAMES, "gallery": GALLERY_DIR_NAMES}
 _GROUP_IN_NAME = re.compile(r"(\d+)\.[^.]+$")  # the digits right before the extension (getSll.m)
 _EXTRACTED_MARKER = ".extracted"
@@ -279,7 +280,7 @@ def _load_job(path: str, copies_of: frozenset[str] = frozenset()) -> tuple[str, 
         return "ok", out.getvalue()
     except ImageError as e:
         return "skip", e.reason
-    except Exception as e:  # one odd file must not end a build over a million
+    except Exception as e:  # noqa: BLE001 -- one odd file must not end a build over a million
         return "skip", f"unexpected {type(e).__name__}: {e}"
 
 
@@ -369,10 +370,8 @@ class MetuTrademark(tfds.core.GeneratorBasedBuilder):
         queries = [(q, query_group(q)) for q in files.queries]  # every name is checked before any decoding
         query_sha1 = {}
         for q, _ in queries:
-            try:
+            with contextlib.suppress(OSError):  # unreadable: reported as skipped when the queries are decoded
                 query_sha1.setdefault(_sha1(str(files.queries_dir / q)), q)
-            except OSError:
-                pass  # unreadable: reported as skipped when the queries are decoded
         by_name = _name_copies(files)
         query_names = {pathlib.PurePosixPath(q).name: q for q in files.queries}
         copies = [

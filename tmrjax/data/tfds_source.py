@@ -7,7 +7,7 @@ an ``image`` (H, W, 3) uint8 and an ``id`` string.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -61,6 +62,15 @@ def preprocessing_for(layout: str) -> Preprocessing:
 
 
 __all__ = [
-    "ARCHITECTURES", "BACKBONES", "HU2024", "LAYOUTS", "PREPROCESSING", "Preprocessing", "ResNet50", "VGG",
-    "available_taps", "build_backbone", "preprocessing_for",
+    "ARCHITECTURES",
+    "BACKBONES",
+    "HU2024",
+    "LAYOUTS",
+    "PREPROCESSING",
+    "VGG",
+    "Preprocessing",
+    "ResNet50",
+    "available_taps",
+    "build_backbone",
+    "preprocessing_for",
 ]

@@ -360,7 +360,7 @@ def encoder_from_settings(model: Mapping[str, Any], dtype: Any = None, taps: Seq
     return Hu2024Encoder(**fields, dtype=dtype, taps=tuple(taps))
 
 
-def feature_dim(encoder: "Hu2024Encoder", size: int) -> int:
+def feature_dim(encoder: Hu2024Encoder, size: int) -> int:
     """Length of ``encoder``'s retrieval feature for size x size images (traced, not computed)."""
     images = jnp.zeros((1, size, size, 3))
 

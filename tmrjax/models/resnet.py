@@ -11,7 +11,8 @@ so that the taps read the same in both layouts.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -55,7 +56,9 @@ class PointwiseConv(nn.Module):
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), self.param_dtype
         )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype) if self.use_bias else None
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype)
         if self.strides > 1:  # a VALID 1x1 convolution with stride s reads every s-th pixel
             x = x[:, :: self.strides, :: self.strides, :]
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)

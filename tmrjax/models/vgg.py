@@ -6,7 +6,8 @@ The layouts differ only in their input normalisation. Taps are named as in the p
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

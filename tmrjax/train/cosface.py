@@ -13,7 +13,8 @@ over devices, CAME on the encoder and the class weights together.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -175,7 +176,7 @@ class BatchLoader:
                 return self.source.load(i), i
             except ImageError as e:
                 self._report(i, e.reason)
-            except Exception as e:  # one odd file must not end a training run
+            except Exception as e:  # noqa: BLE001 -- one odd file must not end a training run
                 self._report(i, f"unexpected {type(e).__name__}: {e}")
         raise RuntimeError(f"no readable image in the training source ({len(self._bad)} failures)")
 

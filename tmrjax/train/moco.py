@@ -16,7 +16,8 @@ single-device reference, under `jax.vmap` with the same axis name. Per step:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax

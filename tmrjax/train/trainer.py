@@ -245,10 +245,9 @@ def train(
                     manager.delete(bad)
                 earlier = [s for s in manager.all_steps() if s < step]
                 last_good = max(earlier) if earlier else None
+            good = "none" if last_good is None else f"step {last_good} in {workdir / 'checkpoints'}"
             raise TrainingDiverged(
-                f"non-finite loss or parameters at step {step + 1} ({values}); last good checkpoint: "
-                f"{'step ' + str(last_good) + ' in ' + str(workdir / 'checkpoints') if last_good is not None else 'none'}"
-            )
+                f"non-finite loss or parameters at step {step + 1} ({values}); last good checkpoint: {good}")
         if (step + 1) % config.log_every_steps == 0 or step + 1 == end:
             elapsed = time.time() - window_start
             record = dict(
