@@ -94,7 +94,8 @@ class CoordinateAttention(nn.Module):
     ``z_h`` averages over W (one value per row), ``z_w`` over H; both are concatenated along
     the spatial axis, squeezed by a shared 1x1 conv to ``max(8, C // reduction)`` channels +
     BatchNorm + h-swish (Hou et al.'s activation), split, and expanded back to C by two 1x1
-    convs + sigmoid: ``Y = X * a_h * a_w``.
+    convs + sigmoid: ``Y = X * a_h * a_w``. ``conv1`` keeps its bias before BatchNorm as in the
+    authors' code (houqb/CoordAttention): BN cancels it, so its gradient is zero up to rounding.
     """
 
     reduction: int = 32
@@ -124,7 +125,8 @@ class AWFF(nn.Module):
     ``out_channels``, is resized to f1's size (bilinear, half-pixel centres: PyTorch's
     ``align_corners=False``), then BatchNorm + ReLU. The conv runs before the resize, which
     equals the paper's resize-then-conv exactly (both linear, interpolation weights sum to 1)
-    at a fraction of the cost; BN sees the resized map as in the paper.
+    at a fraction of the cost; BN sees the resized map as in the paper (and cancels the convs'
+    biases, which the resize preserves, as in CA above).
     [(B, H_i, W_i, C_i)] -> (B, H_1, W_1, out_channels).
     """
 
