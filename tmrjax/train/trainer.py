@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
@@ -84,21 +85,11 @@ def check_resume_config(path: Path, config: ConfigDict) -> None:
     """Refuse to resume the run saved beside `path` (its config.json) under a config that
     changes what is trained: a different schedule, batch, model or data would splice two
     runs into one checkpoint history."""
-
-    def flat(tree, prefix=""):
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
     try:
-        saved = flat(json.loads(path.read_text()))
+        saved = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read the config of the run to resume ({e})") from e
-    given = flat(json.loads(config.to_json()))
+    given = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
 
     def shown(fields, key):
         return repr(fields[key]) if key in fields else "(absent)"
@@ -146,10 +137,10 @@ def train(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     manager = _checkpoint_manager(workdir, config)
-    has_checkpoints = manager.latest_step() is not None
-    if has_checkpoints and not resume:
+    resuming = manager.latest_step() is not None  # the checkpoint replaces any starting point
+    if resuming and not resume:
         raise ValueError(f"{workdir}: has checkpoints; pass resume=True (--resume) or use a new workdir")
-    if has_checkpoints and (workdir / "config.json").exists():
+    if resuming and (workdir / "config.json").exists():
         check_resume_config(workdir / "config.json", config)
     (workdir / "config.json").write_text(config.to_json(indent=2))
 
@@ -182,7 +173,6 @@ def train(
     rng = jax.random.key(config.seed)
 
     variables = None
-    resuming = resume and has_checkpoints  # the checkpoint replaces any starting point
     if config.init_weights and config.get("init_encoder"):
         raise ValueError("init_weights and init_encoder both set; give one starting point")
     if config.init_weights and not resuming:
