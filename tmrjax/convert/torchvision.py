@@ -3,13 +3,13 @@
 A torchvision state dict names modules ``layer3.5.conv2.weight`` or ``features.28.bias``;
 tmrjax uses Keras' stage numbering (``conv4_block6/conv2/kernel``) and the papers' VGG names
 (``conv5_3/bias``). Convolution kernels go from torch's OIHW to Flax's HWIO. Only tensors
-are read: ``.pth``/``.pt`` through ``torch.load(weights_only=True)``, or ``.safetensors``.
+are read, without torch: ``.pth``/``.pt`` by :func:`.torch_pickle.load_torch_tensors`, which
+unpickles nothing but tensors, or ``.safetensors``.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from ..models.resnet import STAGES
 from ..models.vgg import CONVS_PER_BLOCK
 from ..weights import VariablePath, WeightsError, expected_variables
 from .download import OfficialFile
+from .torch_pickle import load_torch_tensors
 
 LAYOUT = "torchvision"
 
@@ -98,53 +99,17 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
     A ``{"state_dict": ...}`` or ``{"model": ...}`` training checkpoint is unwrapped.
     """
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error type for a bad header
-            raise WeightsError(
-                f"{path}: cannot read safetensors file ({e}); it is truncated or corrupt"
-            ) from e
-    elif suffix in (".pth", ".pt"):
-        state = _load_torch(path)
-    else:
+    if suffix in (".pth", ".pt"):
+        return load_torch_tensors(path)
+    if suffix != ".safetensors":
         raise WeightsError(f"{path}: unknown checkpoint type {suffix!r}; expected .pth, .pt or .safetensors")
-    return {key.removeprefix("module."): value for key, value in state.items()}
-
-
-def _load_torch(path: Path) -> dict[str, np.ndarray]:
-    import torch
+    from safetensors.numpy import load_file
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # damaged files raise RuntimeError, EOFError, KeyError, UnpicklingError...
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
-            raise WeightsError(
-                f"{path}: holds pickled Python objects (e.g. a whole nn.Module), which tmrjax "
-                f"does not unpickle; save the weights with torch.save(model.state_dict(), path)"
-            ) from e
-        raise WeightsError(
-            f"{path}: cannot read torch checkpoint ({type(e).__name__}: {e}); it is truncated or corrupt"
-        ) from e
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, expected a state dict (name -> tensor)")
-    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise WeightsError(
-            f"{path}: entries {not_tensors[:10]} are not tensors; expected a state dict "
-            f"(torch.save(model.state_dict(), path))"
-        )
-    # bfloat16/float16 have no exact numpy twin here; the backbone is float32 anyway.
-    return {
-        key: (v.detach().float() if v.is_floating_point() else v.detach()).numpy()
-        for key, v in obj.items()
-    }
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for a bad header
+        raise WeightsError(f"{path}: cannot read safetensors file ({e}); it is truncated or corrupt") from e
+    return {key.removeprefix("module."): value for key, value in state.items()}
 
 
 def guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
