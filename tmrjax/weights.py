@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
-from .models import ARCHITECTURES, HU2024, LAYOUTS, available_taps, build_backbone, preprocessing_for
+from .models import ARCHITECTURES, BACKBONES, HU2024, available_taps, build_backbone, preprocessing_for
 
 META_FORMAT = "tmrjax-backbone/1"
 ENCODER_FORMAT = "tmrjax-encoder/1"
@@ -62,8 +62,8 @@ class WeightsError(ValueError):
 def _check_arch_layout(arch: str, layout: str) -> None:
     if arch not in ARCHITECTURES:
         raise WeightsError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
-    if layout not in LAYOUTS:
-        raise WeightsError(f"unknown weight layout {layout!r}; expected one of {LAYOUTS}")
+    if layout not in BACKBONES[arch].layouts:
+        raise WeightsError(f"{arch} has no weight layout {layout!r}; expected one of {BACKBONES[arch].layouts}")
 
 
 def full_backbone(arch: str, layout: str, dtype: Any = jnp.float32) -> nn.Module:

@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ..weights import WeightsError, flatten_variables, key_problems
 from .resnet import STAGES, Bottleneck, ResNet50
 
 # Output channels of the three AWFF blocks (Sec. 3.5) and LAFF's hidden size d.
@@ -382,6 +381,8 @@ def init_from_backbone(backbone_variables: Mapping, variables: Mapping) -> dict:
     keys. New modules (ECA, CA, AWFF, LAFF, head) keep their values; arrays take the encoder's
     dtypes.
     """
+    from ..weights import WeightsError, flatten_variables, key_problems  # weights.py builds models
+
     source = flatten_variables(backbone_variables)
     target = flatten_variables(variables)
     trunk = {k: v for k, v in target.items() if len(k) > 1 and k[1] == BACKBONE}

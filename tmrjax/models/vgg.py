@@ -1,7 +1,10 @@
-"""VGG16 and VGG19 (torchvision and keras.applications share one structure).
+"""VGG16 and VGG19 (torchvision, keras.applications and the HED edge detector share one structure).
 
-The layouts differ only in their input normalisation. Taps are named as in the papers:
-``conv5_3`` is VGG16's last conv (after ReLU), ``pool5`` the max-pool after it.
+The torchvision and keras layouts differ only in their input normalisation. The ``hed`` layout
+is VGG16 as the HED edge detector (Xie & Tu 2015) was trained with it: Caffe's mean, and max
+pooling that rounds odd sizes up (Caffe's ceil mode, Keras 'same'), so a 300-pixel input gives
+38 x 38 conv4 maps, not 37 x 37. Taps are named as in the papers: ``conv5_3`` is VGG16's last
+conv (after ReLU), ``pool5`` the max-pool after it.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from .preprocessing import LAYOUT_PREPROCESSING, PREPROCESSING
-from .resnet import _check_layout_and_taps
+from .resnet import check_layout_and_taps
 
 WIDTHS = (64, 128, 256, 512, 512)
 CONVS_PER_BLOCK = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+LAYOUTS = {"vgg16": ("torchvision", "keras", "hed"), "vgg19": ("torchvision", "keras")}
+# Max-pool padding per layout: 'SAME' rounds odd sizes up, as Caffe (and so HED) pools.
+POOL_PADDING = {"torchvision": "VALID", "keras": "VALID", "hed": "SAME"}
 
 
 def vgg_taps(arch: str) -> tuple[str, ...]:
@@ -43,7 +49,7 @@ class VGG(nn.Module):
         if self.arch not in CONVS_PER_BLOCK:
             raise ValueError(f"unknown VGG {self.arch!r}; expected one of {tuple(CONVS_PER_BLOCK)}")
         order = vgg_taps(self.arch)
-        _check_layout_and_taps(self.layout, self.taps, order)
+        check_layout_and_taps(self.layout, LAYOUTS[self.arch], self.taps, order)
         deepest = order[max(order.index(t) for t in self.taps)]
         out: dict[str, jnp.ndarray] = {}
 
@@ -57,7 +63,7 @@ class VGG(nn.Module):
                     out[name] = x
                 if name == deepest:
                     return out
-            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=POOL_PADDING[self.layout])
             name = f"pool{block}"
             if name in self.taps:
                 out[name] = x
