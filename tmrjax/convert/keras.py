@@ -6,7 +6,9 @@ Three on-disk formats hold the same layers:
   root attribute ``layer_names``; each layer group lists its datasets in ``weight_names``;
 - legacy full model (``model.save('x.h5')``): the same under a ``model_weights`` group;
 - Keras 3 weights file (``model.save_weights('x.weights.h5')``): ``layers/<auto name>/vars/<i>``
-  with the layer's own name in the ``name`` attribute of ``vars``.
+  with the layer's own name in the ``name`` attribute of ``vars``; a subclassed model nests its
+  attributes (``block4/layers/conv2d_2/vars/<i>`` in the HED edge detector), so every ``vars``
+  group of the file is a layer, wherever it is.
 
 A layer's weights are identified by their position, as Keras' own loaders do: Conv2D
 (kernel, bias), BatchNormalization (gamma, beta, moving_mean, moving_variance). The
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import h5py
 import numpy as np
@@ -95,6 +97,13 @@ def read_checkpoint(
     backbone is kept under its source key, ``("layer/weight",)``, so that `assemble_variables`
     reports it as unexpected. `dropped` lists the classifier-head keys.
     """
+    return read_layers(path, arch, lambda layer, keys: layer in HEAD_LAYERS)
+
+
+def read_layers(
+    path: str | os.PathLike, arch: str, is_head: Callable[[str, list[str]], bool]
+) -> tuple[dict[VariablePath, np.ndarray], list[str]]:
+    """`read_checkpoint` with the layers to drop chosen by `is_head(layer name, source keys)`."""
     try:
         with h5py.File(path, "r") as f:
             layers = _layer_weights(f, path)
@@ -102,7 +111,7 @@ def read_checkpoint(
             flat: dict[VariablePath, np.ndarray] = {}
             dropped: list[str] = []
             for layer, weights in layers.items():
-                if layer in HEAD_LAYERS:
+                if is_head(layer, [key for key, _ in weights]):
                     dropped += [key for key, _ in weights]
                     continue
                 module, roles = _flax_module(layer)
@@ -126,8 +135,8 @@ def _layer_weights(f: h5py.File, path: str | os.PathLike) -> dict[str, _Weights]
         return _legacy_layers(f, path)
     if isinstance(f.get("model_weights"), h5py.Group) and _has_attr(f["model_weights"], "layer_names"):
         return _legacy_layers(f["model_weights"], path)
-    if isinstance(f.get("layers"), h5py.Group):
-        return _keras3_layers(f["layers"], path)
+    if layers := _keras3_layers(f, path):
+        return layers
     raise WeightsError(
         f"{path}: an HDF5 file but not Keras weights: no 'layer_names' attribute, no "
         f"'model_weights' group and no 'layers' group (top-level keys: {sorted(f.keys())[:10]})"
@@ -153,20 +162,26 @@ def _legacy_layers(root: h5py.Group, path: str | os.PathLike) -> dict[str, _Weig
     return layers
 
 
-def _keras3_layers(root: h5py.Group, path: str | os.PathLike) -> dict[str, _Weights]:
+def _keras3_layers(f: h5py.File, path: str | os.PathLike) -> dict[str, _Weights]:
+    """Every non-empty ``vars`` group of a Keras 3 file, by the layer name in its ``name`` attribute.
+
+    Source keys are the datasets' paths in the file (``block4/layers/conv2d_2/vars/0``).
+    """
+    groups: list[tuple[str, h5py.Group]] = []
+    f.visititems(lambda name, obj: groups.append((name, obj))
+                 if isinstance(obj, h5py.Group) and name.rsplit("/", 1)[-1] == "vars" and len(obj) else None)
     layers: dict[str, _Weights] = {}
-    for group_name, group in root.items():
-        variables = group.get("vars") if isinstance(group, h5py.Group) else None
-        if not isinstance(variables, h5py.Group) or len(variables) == 0:
-            continue
+    for group_path, variables in groups:
         if "name" not in variables.attrs:
             raise WeightsError(
-                f"{path}: Keras 3 weights file without layer names (layers/{group_name}/vars has "
+                f"{path}: Keras 3 weights file without layer names ({group_path} has "
                 "no 'name' attribute); re-save it with a newer Keras or as a legacy .h5 file"
             )
         layer = _decode(variables.attrs["name"])
+        if layer in layers:
+            raise WeightsError(f"{path}: two Keras layers named {layer!r} ({layers[layer][0][0]}, {group_path})")
         indices = sorted(variables, key=lambda i: (len(i), i))  # "0", "1", ..., "10"
-        layers[layer] = [(f"{layer}/vars/{i}", variables[i]) for i in indices]
+        layers[layer] = [(f"{group_path}/{i}", variables[i]) for i in indices]
     return layers
 
 
