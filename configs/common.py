@@ -16,15 +16,21 @@ def retrieval_config() -> ConfigDict:
     c.backbone = ConfigDict()
     c.backbone.arch = "resnet50"
     c.backbone.tap = "conv4"
+    # Default weights: a shipped backbone's name (efficientnet_lite0, hed_vgg16: real pretrained
+    # weights from pip packages), a converted backbone directory, "random" (random initialisation,
+    # only when asked for) or "" (none: the user passes --weights, e.g. ImageNet ResNet50/VGG16
+    # converted with `tmrjax convert`). Not hashed: the weights used carry their own digest.
+    c.backbone.weights = ""
 
     c.embed = ConfigDict()
     c.embed.resolutions = (224,)  # input sizes; the image is padded to a white square first
     c.embed.region_levels = 0  # 0: one global region; L: the R-MAC grid of levels 1..L
     c.embed.include_full_map = False  # add the whole map as an extra region (cirtorch) or not (tursun2021)
-    c.embed.pooling = "mac"  # mac | spoc | gem | smac | crow | identity (the tap is a vector)
+    c.embed.pooling = "mac"  # mac | spoc | gem | smac | crow | identity (the tap is a vector) | flatten
     c.embed.center_prior = False  # SPoC's Gaussian centre prior (Babenko & Lempitsky 2015)
     c.embed.gem_p = 3.0
     c.embed.pca_whitening_dim = 0  # 0: no PCA-whitening; else l2 -> PCA-w to this dim -> l2 per region
+    c.embed.whitening_power = 0.5  # eigenvalue ** -power: 0.5 full whitening, smaller values partial
     c.embed.attention = "none"  # none | idf (tursun2021 URA, Eq. 4)
     c.embed.codebook_size = 1024
 

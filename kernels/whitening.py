@@ -13,13 +13,15 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def learn_pca_whitening(
-    X: jax.Array, dim: int, eps: float = 1e-6
+    X: jax.Array, dim: int, eps: float = 1e-6, power: float = 0.5
 ) -> tuple[jax.Array, jax.Array]:
     """Learn the mean and the (D, dim) PCA-whitening projection of descriptors X.
 
     Centres X, eigen-decomposes its covariance ``Xc^T Xc / (N - 1)``, keeps the
-    ``dim`` leading eigenvectors and scales each by ``1 / sqrt(eigenvalue + eps)``,
-    so the projected training set has (near) identity covariance. Each eigenvector's
+    ``dim`` leading eigenvectors and scales each by ``(eigenvalue + eps) ** -power``.
+    With ``power = 0.5`` (full whitening) the projected training set has (near) identity
+    covariance; a smaller power whitens partially (variance ``eigenvalue ** (1 - 2 power)``;
+    0 is plain PCA), which keeps more weight on the leading components. Each eigenvector's
     sign is fixed so that its largest-magnitude entry is positive: refits on the same
     data give the same projection. ``dim`` is static under jit.
 
@@ -51,7 +53,7 @@ def learn_pca_whitening(
     eigenvectors = eigenvectors[:, ::-1][:, :dim]
     largest = jnp.argmax(jnp.abs(eigenvectors), axis=0)
     signs = jnp.sign(eigenvectors[largest, jnp.arange(dim)])
-    projection = eigenvectors * signs / jnp.sqrt(jnp.maximum(eigenvalues, 0.0) + eps)
+    projection = eigenvectors * signs * (jnp.maximum(eigenvalues, 0.0) + eps) ** -power
     return mean, projection
 
 

@@ -27,6 +27,7 @@ def get_config():
     c = paper_config()
     c.name = "tiny_mr_rsmac_ura"
     c.backbone.tap = "conv2"
+    c.backbone.weights = "random"
     c.embed.resolutions = (64,)
     c.embed.pca_whitening_dim = 16
     c.embed.codebook_size = 8
@@ -297,8 +298,10 @@ def test_an_index_made_with_a_config_file_can_be_searched(run, tmp_path):
     )
     root = tmp_path / "gallery"
     good = copy_marks(run["root"], root, 8)
-    code, stdout, stderr = tmrjax_cli("index", root, "--pipeline", config, "--out", tmp_path / "index")
+    code, stdout, stderr = tmrjax_cli("index", root, "--pipeline", config, "--out", tmp_path / "index",
+                                      "--weights", "random")
     assert code == 0, stderr
+    assert "RANDOMLY INITIALISED" in stdout
     code, stdout, stderr = tmrjax_cli("search", tmp_path / "index", root / good[0], "-k", "2")
     assert code == 0, stderr
     [(_, ranking)] = top_results(stdout)

@@ -43,6 +43,7 @@ def configs_dir(tmp_path):
             "from tmrjax.configs import mac, rmac, mr_rsmac_ura\n\n\n"
             "def get_config():\n"
             f"    {body}\n"
+            "    c.backbone.weights = 'random'\n"
             "    if c.backbone.arch == 'vgg16':\n"
             "        c.embed.resolutions = (64,)\n"
             "    if c.embed.pca_whitening_dim:\n"
@@ -165,7 +166,7 @@ def test_each_pipeline_takes_the_weights_of_its_architecture(configs_dir, fake_b
     rows, _ = run_eval("tiny/bench", names, tmp_path / "run", weights=[vgg], progress=False,
                        log=lines.append, report_queries=2)
     assert [r.weights for r in rows] == ["vgg16-1-00000000", "random-init"]  # directory name + sha256[:8]
-    assert any("tiny_rmac: no resnet50 weights given; its backbone is RANDOMLY INITIALISED" in line for line in lines)
+    assert any("tiny_rmac: its resnet50 backbone is RANDOMLY INITIALISED" in line for line in lines)  # its config's
     # The VGG row used the converted weights: the same vectors as a pipeline built on them.
     expected = embed_benchmark(fake_benchmark, [Pipeline.create(evaluation.load_config(names[0]), weights=vgg)],
                                progress=False)[0]

@@ -323,3 +323,26 @@ def test_bad_inputs_raise_clear_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         metrics.evaluate(**args)
+
+
+def test_paired_bootstrap_interval():
+    """A constant difference has a zero-width interval at it; noise around 0 straddles 0."""
+    from tmrjax.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    a = rng.random(400)
+    assert paired_bootstrap(a, a - 0.1) == pytest.approx((0.1, 0.1, 0.1))
+    mean, low, high = paired_bootstrap(a, a + rng.normal(0, 0.05, 400))
+    assert low < 0 < high and low < mean < high
+    shifted = paired_bootstrap(a + 0.05 + rng.normal(0, 0.05, 400), a)
+    assert 0 < shifted[1] < 0.05 < shifted[2]
+    # the percentile interval of the resampled means, as a hand-written loop computes it
+    means = []
+    r = np.random.default_rng(7)
+    d = a - a[::-1]
+    for _ in range(500):
+        means.append(d[r.integers(0, d.size, d.size)].mean())
+    expected = tuple(np.percentile(means, [2.5, 97.5]))
+    assert paired_bootstrap(a, a[::-1], resamples=500, seed=7)[1:] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_bootstrap([1.0, 2.0], [1.0])

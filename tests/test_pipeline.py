@@ -44,7 +44,8 @@ def test_config_loads_validates_and_names_its_paper_table_row(name):
     validate_config(config)
     assert config.name == name
     doc = importlib.import_module(f"tmrjax.configs.{name}").__doc__
-    assert doc and re.search(r"Table \d", doc), f"configs/{name}.py: docstring names no paper table"
+    assert doc and re.search(r"Table \d|^Not a paper row", doc, re.M), \
+        f"configs/{name}.py: docstring names no paper table (nor says it is not a paper row)"
     assert config.paper_row and config.paper_row in doc, \
         f"configs/{name}.py: paper_row {config.paper_row!r} not in docstring"
 
@@ -63,7 +64,7 @@ def test_config_fields_agree_with_the_method_name(name):
 
 @pytest.mark.parametrize("name", sorted(ISSUE_METHODS))
 def test_create_gives_the_paper_dimension(name):
-    pipeline = Pipeline.create(name)
+    pipeline = Pipeline.create(name, weights="random")
     assert pipeline.dim == (512 if name == "mac" else 256)
     assert pipeline.backbone["arch"] == pipeline.config.backbone.arch
     assert pipeline.backbone["weights"] == "random-init(seed=0)"
@@ -77,7 +78,14 @@ def test_create_refuses_pca_whitening_wider_than_the_descriptors():
     config.embed.pca_whitening_dim = 600
     with pytest.raises(PipelineError, match=r"spoc_pcaw: embed.pca_whitening_dim=600 exceeds the 512-d "
                                             r"descriptors of vgg16 conv5_3 \(weights: random-init"):
-        Pipeline.create(config)
+        Pipeline.create(config, weights="random")
+
+
+def test_paper_configs_without_shipped_weights_ask_for_weights():
+    """ImageNet VGG16/ResNet50 are a user-side conversion: no silent random initialisation."""
+    with pytest.raises(PipelineError, match=r"mac: no default weights for its vgg16 backbone; pass converted "
+                                            r"ones \(--weights DIR, see `tmrjax convert`\) or --weights random"):
+        Pipeline.create("mac")
 
 
 def test_distinct_configs_have_distinct_hashes():

@@ -17,10 +17,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from ml_collections import ConfigDict
 
 from .data.images import Batch, FailureLog, assemble_batches, prepare_multi
 from .metrics import Evaluation, evaluate, group_relevance
-from .pipeline import Pipeline, config_hash, load_config, needs_fit
+from .pipeline import (
+    NO_WEIGHTS,
+    RANDOM_WEIGHTS,
+    Pipeline,
+    backbone_weights,
+    config_hash,
+    load_config,
+    needs_fit,
+)
 
 
 @dataclasses.dataclass
@@ -209,9 +218,13 @@ def format_table(rows: Sequence[Row], dataset: str) -> str:
     return "\n".join(lines)
 
 
-def _weights_tag(weights: str | None) -> str:
-    if weights is None:
+def weights_tag(weights: str) -> str:
+    """A short name for resolved backbone weights (`backbone_weights`): ``random-init``, ``none``
+    (no network) or the checkpoint folder's name and the first digits of its source sha256."""
+    if weights == RANDOM_WEIGHTS:
         return "random-init"
+    if weights == NO_WEIGHTS:
+        return NO_WEIGHTS
     from .weights import read_meta
 
     sha = read_meta(weights)["source"].get("sha256")
@@ -230,6 +243,8 @@ def weights_by_arch(weights: str | os.PathLike | Sequence[str | os.PathLike] | N
     paths = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
     out: dict[str, str] = {}
     for path in paths:
+        if str(path) == RANDOM_WEIGHTS:
+            continue
         arch = read_meta(path)["arch"]
         if arch in out:
             raise WeightsError(f"{out[arch]} and {path} are both {arch} backbones; give one per architecture")
@@ -239,23 +254,25 @@ def weights_by_arch(weights: str | os.PathLike | Sequence[str | os.PathLike] | N
 
 def run_eval(
     dataset: str,
-    pipeline_names: Sequence[str],
+    pipeline_names: Sequence[str | ConfigDict],
     out_dir: str | os.PathLike,
     weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     max_distractors: int | None = None,
     fit_images: int | None = None,
     protocol: str = "metu-official",
     data_dir: str | os.PathLike | None = None,
-    report_queries: int = 8,
+    report_queries: int | None = None,
     progress: bool = True,
     log=print,
 ) -> tuple[list[Row], Path]:
     """Fit what each pipeline needs on the gallery, embed the database, score, report.
 
-    `weights`: converted backbone directories, at most one per architecture; each pipeline
-    uses the one of its backbone's architecture, or random initialisation if none is given
-    (logged). Vectors and fitted artefacts are cached under `out_dir/cache/` per (dataset
-    subset, pipeline config hash, weights), so a second run only evaluates.
+    `pipeline_names`: config names, ``.py`` config files or configs. `weights`: converted
+    backbone directories, at most one per architecture, and/or ``"random"``; each pipeline
+    uses the one of its backbone's architecture, else random initialisation if ``"random"`` is
+    among them, else its config's default (a shipped backbone; `backbone_weights`). Vectors and
+    fitted artefacts are cached under `out_dir/cache/` per (dataset subset, pipeline config
+    hash, weights), so a second run only evaluates.
     """
     from .fit import fit_pipelines
 
@@ -264,21 +281,22 @@ def run_eval(
     subset = f"{benchmark.name.replace('/', '_')}-q{benchmark.num_queries}-g{len(benchmark.gallery_rows)}"
     log(f"dataset    {benchmark.name}: {benchmark.num_queries} queries in "
         f"{len(set(benchmark.groups[benchmark.groups >= 0]))} groups + {len(benchmark.gallery_rows)} distractors")
-    configs = [load_config(name) for name in pipeline_names]
+    configs = [name if isinstance(name, ConfigDict) else load_config(name) for name in pipeline_names]
     labels = [c.name for c in configs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"pipelines {list(pipeline_names)} repeat a config name: {labels}")
-    by_arch = weights_by_arch(weights)
-    chosen = [by_arch.get(c.backbone.arch) for c in configs]
-    if by_arch:
-        for config, w in zip(configs, chosen):
-            if w is None:
-                log(f"note       {config.name}: no {config.backbone.arch} weights given; its backbone is "
-                    f"RANDOMLY INITIALISED")
-        for arch, path in by_arch.items():
-            if arch not in {c.backbone.arch for c in configs}:
-                log(f"note       {path} ({arch}): no pipeline of this run uses it")
-    tags = [_weights_tag(w) for w in chosen]
+    given = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
+    by_arch = weights_by_arch(given)
+    fallback = RANDOM_WEIGHTS if RANDOM_WEIGHTS in map(str, given) else None
+    chosen = [backbone_weights(c, by_arch.get(c.backbone.arch, fallback)) for c in configs]
+    for config, w in zip(configs, chosen):
+        if w == RANDOM_WEIGHTS:
+            log(f"note       {config.name}: its {config.backbone.arch} backbone is RANDOMLY INITIALISED "
+                "(--weights random): the row measures untrained features")
+    for arch, path in by_arch.items():
+        if arch not in {c.backbone.arch for c in configs}:
+            log(f"note       {path} ({arch}): no pipeline of this run uses it")
+    tags = [weights_tag(w) for w in chosen]
     caches = [out / "cache" / subset / f"{c.name}-{config_hash(c)}-{tag}" for c, tag in zip(configs, tags)]
     vectors: dict[str, np.ndarray] = {}
     todo: list[Pipeline] = []
@@ -321,8 +339,11 @@ def run_eval(
     (out / "results.json").write_text(json.dumps(
         {"dataset": benchmark.name, "subset": subset, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
     (out / "results.txt").write_text(table + "\n")
+    # Per-query scores, for paired comparisons of two rows (`tmrjax.metrics.paired_bootstrap`).
+    np.savez(out / "per_query.npz", **{f"{name}/{field}": getattr(e, f"{field}_per_query")
+                                      for name, e in evaluations.items() for field in ("nar", "ap_at_k", "ap")})
     from .report import write_report
 
-    report = write_report(out / "report", benchmark, {n: vectors[n] for n in labels}, evaluations,
+    report = write_report(out / "report", benchmark, {n: vectors[n] for n in labels}, evaluations, rows,
                           num_queries=report_queries)
     return rows, report

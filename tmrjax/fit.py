@@ -193,7 +193,8 @@ def _fit_group(
                 f"{images.describe()}: {len(sample)} regional descriptors from {images_used} images cannot fit "
                 f"{pipeline.name}'s PCA-whitening to {dim} dims; fit on more images"
             )
-        mean, projection = whitening.learn_pca_whitening(jnp.asarray(sample), dim)
+        mean, projection = whitening.learn_pca_whitening(
+            jnp.asarray(sample), dim, power=pipeline.config.embed.get("whitening_power", 0.5))
         pipeline.artefacts = Artefacts(pca_mean=np.asarray(mean), pca_projection=np.asarray(projection))
         pipeline.__post_init__()
 

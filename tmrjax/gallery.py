@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 from .data.images import FailureLog, list_images
 from .fileio import file_sha256
 from .index import GalleryIndex
-from .pipeline import Pipeline, PipelineError, embed, embed_stream
+from .pipeline import Pipeline, PipelineError, embed, embed_stream, weights_of
 
 
 def index_params(config: ConfigDict, kind: str | None = None) -> dict[str, Any]:
@@ -156,9 +156,7 @@ def search_images(
 def pipeline_of_index(index: GalleryIndex) -> Pipeline:
     """Rebuild the pipeline an index was made with, from what its meta.json recorded."""
     info = index.pipeline_info
-    weights = info["backbone"].get("weights")
-    if weights is not None and weights.startswith("random-init"):
-        weights = None
+    weights = weights_of(info["backbone"])
     if info.get("path"):
         pipeline = Pipeline.load(info["path"], weights=weights)
     else:  # an unfitted config: rebuilt from the copy the index keeps

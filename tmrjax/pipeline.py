@@ -35,11 +35,13 @@ from .kernels import idf, pooling, regions, whitening
 
 # The function: `tmrjax.kernels.crow` names it, not its module (kernels/__init__.py).
 from .kernels.crow import crow
-from .models import build_backbone
+from .models import architecture, build_backbone
 from .weights import load_backbone, random_variables
 
 PIPELINE_FORMAT = "tmrjax-pipeline/1"
 RANDOM_WEIGHTS_SEED = 0
+RANDOM_WEIGHTS = "random"  # asked for explicitly: a config's backbone.weights or --weights random
+NO_WEIGHTS = "none"  # an architecture without variables (the ink thumbnail)
 
 
 class PipelineError(ValueError):
@@ -83,10 +85,47 @@ def available_configs() -> list[str]:
 
 
 def config_hash(config: ConfigDict) -> str:
-    """Hash of what defines the vectors (backbone + embed); 16 hex digits."""
-    semantic = {"backbone": config.backbone.to_dict(), "embed": config.embed.to_dict()}
+    """Hash of what defines the vectors given the weights (backbone + embed); 16 hex digits.
+
+    ``backbone.weights`` is left out: it only names a default, and the weights actually used
+    are identified by their own digest (`Pipeline.info`).
+    """
+    backbone = {k: v for k, v in config.backbone.to_dict().items() if k != "weights"}
+    semantic = {"backbone": backbone, "embed": config.embed.to_dict()}
     text = json.dumps(semantic, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def backbone_weights(config: ConfigDict, weights: str | os.PathLike | None = None) -> str:
+    """The weights a pipeline of `config` runs on: ``"random"``, ``"none"`` or a backbone directory.
+
+    `weights` (``--weights``) wins over the config's ``backbone.weights``; either may be a
+    shipped backbone's name (``efficientnet_lite0``, ``hed_vgg16``: converted from its pip
+    package on first use), a converted backbone or exported encoder directory, or ``"random"``
+    (random initialisation, only when asked for). An architecture without variables needs none.
+    """
+    from .convert import SHIPPED, shipped_backbone
+
+    if not architecture(config.backbone.arch).has_weights:
+        return NO_WEIGHTS
+    spec = str(weights) if weights is not None else str(config.backbone.get("weights", ""))
+    if spec == RANDOM_WEIGHTS:
+        return RANDOM_WEIGHTS
+    if not spec:
+        raise PipelineError(
+            f"{config.name}: no default weights for its {config.backbone.arch} backbone; pass converted "
+            f"ones (--weights DIR, see `tmrjax convert`) or --weights random; the shipped backbones "
+            f"({', '.join(sorted(SHIPPED))}) have configs of their own (`tmrjax eval --help`)"
+        )
+    if spec in SHIPPED:
+        return str(shipped_backbone(spec))
+    return spec
+
+
+def weights_of(backbone: Mapping[str, Any]) -> str:
+    """The `backbone_weights` spec that rebuilds a recorded backbone identity (pipeline.json, index meta)."""
+    recorded = str(backbone.get("weights", ""))
+    return RANDOM_WEIGHTS if recorded.startswith("random-init") else recorded
 
 
 def needs_fit(config: ConfigDict) -> bool:
@@ -101,23 +140,23 @@ def needs_fit(config: ConfigDict) -> bool:
 class Pooling:
     global_fn: Callable[[jax.Array, ConfigDict], jax.Array]  # (B,h,w,C) -> (B,D')
     regional_fn: Callable[[jax.Array, np.ndarray, ConfigDict], jax.Array] | None  # -> (B,R,D')
-    width: int  # D' = width * C
 
 
 POOLINGS: dict[str, Pooling] = {
-    "mac": Pooling(lambda x, e: pooling.mac(x), lambda x, b, e: pooling.regional_mac(x, b), 1),
+    "mac": Pooling(lambda x, e: pooling.mac(x), lambda x, b, e: pooling.regional_mac(x, b)),
     "spoc": Pooling(
         lambda x, e: pooling.spoc(x, center_prior=e.center_prior),
         lambda x, b, e: pooling.regional_spoc(x, b),
-        1,
     ),
     "gem": Pooling(
-        lambda x, e: pooling.gem(x, p=e.gem_p), lambda x, b, e: pooling.regional_gem(x, b, p=e.gem_p), 1
+        lambda x, e: pooling.gem(x, p=e.gem_p), lambda x, b, e: pooling.regional_gem(x, b, p=e.gem_p)
     ),
-    "smac": Pooling(lambda x, e: pooling.smac(x), lambda x, b, e: pooling.regional_smac(x, b), 2),
-    "crow": Pooling(lambda x, e: crow(x), None, 1),
+    "smac": Pooling(lambda x, e: pooling.smac(x), lambda x, b, e: pooling.regional_smac(x, b)),
+    "crow": Pooling(lambda x, e: crow(x), None),
     # The tap is a global vector already (a 1 x 1 map), e.g. the hu2024 encoder's "feature".
-    "identity": Pooling(lambda x, e: _single_position(x), None, 1),
+    "identity": Pooling(lambda x, e: _single_position(x), None),
+    # Every cell of the map, in order: the pixel baseline (the ink thumbnail).
+    "flatten": Pooling(lambda x, e: x.reshape(x.shape[0], -1), None),
 }
 
 
@@ -150,6 +189,8 @@ def validate_config(config: ConfigDict) -> None:
             f"{config.name}: URA (attention='idf') works on PCA-whitened regions; set pca_whitening_dim")
     if not e.resolutions or any(int(r) < 32 for r in e.resolutions):
         raise PipelineError(f"{config.name}: embed.resolutions={tuple(e.resolutions)}; each must be >= 32")
+    if e.pooling == "flatten" and len(e.resolutions) != 1:
+        raise PipelineError(f"{config.name}: flatten pooling gives resolution-sized vectors; use one resolution")
 
 
 def region_boxes(h: int, w: int, embed: ConfigDict) -> np.ndarray:
@@ -255,23 +296,29 @@ class Pipeline:
     def create(
         cls, config: ConfigDict | str, weights: str | os.PathLike | None = None, dtype: Any = jnp.float32
     ) -> Pipeline:
-        """An unfitted pipeline from a config and a converted backbone (random init if None)."""
+        """An unfitted pipeline from a config and backbone weights (see `backbone_weights`)."""
         if isinstance(config, str):
             config = load_config(config)
         validate_config(config)
         arch, tap = config.backbone.arch, config.backbone.tap
-        if weights is None:
-            layout = "torchvision"
+        resolved = backbone_weights(config, weights)
+        if resolved in (NO_WEIGHTS, RANDOM_WEIGHTS):
+            layout = architecture(arch).layouts[0]
             module = build_backbone(arch, layout, (tap,), dtype=dtype)
-            variables = random_variables(arch, layout, seed=RANDOM_WEIGHTS_SEED)
-            backbone = {"arch": arch, "layout": layout, "weights": f"random-init(seed={RANDOM_WEIGHTS_SEED})"}
+            if resolved == NO_WEIGHTS:
+                variables, identity = {}, NO_WEIGHTS
+            else:
+                variables = random_variables(arch, layout, seed=RANDOM_WEIGHTS_SEED)
+                identity = f"random-init(seed={RANDOM_WEIGHTS_SEED})"
+            backbone = {"arch": arch, "layout": layout, "weights": identity}
         else:
-            module, variables, meta = load_backbone(weights, arch=arch, taps=(tap,), dtype=dtype)
+            module, variables, meta = load_backbone(resolved, arch=arch, taps=(tap,), dtype=dtype)
             backbone = {
                 "arch": arch,
                 "layout": meta["layout"],
-                "weights": str(Path(weights).absolute()),
+                "weights": str(Path(resolved).absolute()),
                 "source_sha256": meta["source"].get("sha256"),
+                **{k: meta["source"][k] for k in ("package", "package_version", "licence") if k in meta["source"]},
             }
         pipeline = cls(config=config, module=module, variables=variables, backbone=backbone)
         if config.embed.pca_whitening_dim > pipeline.raw_dim:
@@ -302,10 +349,7 @@ class Pipeline:
         config = ConfigDict(info["config"])
         if config_hash(config) != info["config_hash"]:
             raise PipelineError(f"{path}: pipeline.json's config does not match its recorded hash")
-        weights_path = weights if weights is not None else info["backbone"].get("weights")
-        if weights_path is not None and str(weights_path).startswith("random-init"):
-            weights_path = None
-        pipe = cls.create(config, weights=weights_path)
+        pipe = cls.create(config, weights=weights if weights is not None else weights_of(info["backbone"]))
         if pipe.backbone.get("source_sha256") != info["backbone"].get("source_sha256"):
             raise PipelineError(
                 f"{path}: artefacts were fitted with backbone weights {info['backbone']}, "
@@ -355,12 +399,14 @@ class Pipeline:
 
     @functools.cached_property
     def raw_dim(self) -> int:
-        """D': channels of the tap times the pooling's width (2 for SMAC); traced once, then cached."""
-        features = jax.eval_shape(
-            lambda x: self.module.apply(self.variables, x)[self.config.backbone.tap],
-            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+        """D': the length of one regional descriptor (the tap's channels for MAC, twice that for
+        SMAC, the whole map for flatten); traced at the first resolution once, then cached."""
+        size, tap, embed = self.resolutions[0], self.config.backbone.tap, self.config.embed
+        descriptors = jax.eval_shape(
+            lambda x: describe(self.module.apply(self.variables, x)[tap], embed),
+            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
         )
-        return features.shape[-1] * POOLINGS[self.config.embed.pooling].width
+        return descriptors.shape[-1]
 
     @property
     def dim(self) -> int:

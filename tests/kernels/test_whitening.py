@@ -114,3 +114,14 @@ def test_apply_pca_whitening_matches_affine_map_jit_vmap_and_bfloat16():
 def test_learn_pca_whitening_rejects_bad_dim_and_too_few_descriptors(shape, dim, message):
     with pytest.raises(ValueError, match=message):
         learn_pca_whitening(jnp.zeros(shape), dim)
+
+
+def test_partial_whitening_power_leaves_eigenvalue_to_the_one_minus_two_power():
+    """power p scales component k by lambda_k ** -p: its variance becomes lambda_k ** (1 - 2p)."""
+    X = descriptors(4000, seed=3)
+    eigenvalues = np.linalg.eigvalsh(np.cov(X, rowvar=False))[::-1][:6]
+    for power in (0.0, 0.25, 0.5):
+        mean, projection = jax.jit(learn_pca_whitening, static_argnames=("dim", "power"))(
+            jnp.asarray(X, jnp.float32), dim=6, power=power)
+        whitened = (X - np.asarray(mean)) @ np.asarray(projection, np.float64)
+        np.testing.assert_allclose(np.var(whitened, axis=0, ddof=1), eigenvalues ** (1 - 2 * power), rtol=2e-3)
