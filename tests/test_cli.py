@@ -152,7 +152,10 @@ def test_fit_exits_0_and_reports_every_unreadable_file(run):
     code, stdout, stderr = run["fit"]
     assert code == 0, stderr
     assert "RANDOMLY INITIALISED" in stdout
-    assert re.search(r"fitted     \{'pca_whitening': '512 -> 16', 'codebook_words': 8", stdout), stdout
+    took = r"in (\d+ min )?\d+ s"
+    assert re.search(r"^fitted     PCA-whitening 512 -> 16 dims \(from [\d,]+ descriptors\) and a URA codebook of "
+                     rf"8 words \(IDF [\d.]+ \.\. [\d.]+\) on 24 images \(4 skipped\) {took} -> ", stdout, re.M), stdout
+    assert "\r" not in stderr and re.search(rf"^fit PCA-w tiny_mr_rsmac_ura: 28 img {took} \(", stderr, re.M), stderr
     assert "4 files skipped:" in stderr
     for path, reason in BAD_FILES.items():
         assert re.search(rf"^  {re.escape(path)}: .*({reason})", stderr, re.M), (path, stderr)

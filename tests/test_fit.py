@@ -9,6 +9,7 @@ from tmrjax.kernels.idf import idf_from_document_frequency
 from tmrjax.data.images import FailureLog, iter_batches, list_images
 from tmrjax.fit import FolderImages, describe_fit, fit_pipeline, fit_pipelines, sample_ids
 from tmrjax.pipeline import Pipeline, PipelineError, config_hash
+from tmrjax.progress import format_duration
 
 pytestmark = pytest.mark.usefixtures("fast_random_init")
 
@@ -40,8 +41,10 @@ def test_fit_writes_pipeline_json_and_artefacts(ura_fitted, marks_dir):
     with np.load(directory / "artefacts.npz") as z:
         assert sorted(z.files) == ["centroids", "idf", "pca_mean", "pca_projection"]
     idf = pipeline.artefacts.idf
-    assert describe_fit(pipeline) == {"pca_whitening": "512 -> 16", "codebook_words": 8,
-                                      "idf_range": f"{idf.min():.3f} .. {idf.max():.3f}"}
+    assert describe_fit(pipeline) == (
+        f"PCA-whitening 512 -> 16 dims (from 720 descriptors) and a URA codebook of 8 words "
+        f"(IDF {idf.min():.2f} .. {idf.max():.2f}) on 12 images in {format_duration(info['data']['seconds'])}"
+    )
 
 
 def test_pca_whitening_has_the_right_shape_and_whitens_the_fit_sample(ura_fitted, fit_sample):

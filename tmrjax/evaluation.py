@@ -153,7 +153,7 @@ def embed_benchmark(benchmark: Benchmark, pipelines: Sequence[Pipeline], progres
     (e.g. R-MAC, R-SMAC and MR-R-SMAC on ResNet50 conv4), so adding a method to the table
     costs its pooling, not another backbone pass.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     out: list[list[np.ndarray]] = [[] for _ in pipelines]
     groups: dict[tuple, list[int]] = {}
@@ -164,7 +164,7 @@ def embed_benchmark(benchmark: Benchmark, pipelines: Sequence[Pipeline], progres
         sizes = tuple(sorted({r for i in members for r in pipelines[i].resolutions}))
         lead = pipelines[members[0]]
         desc = f"embed {'+'.join(pipelines[i].name for i in members)}"
-        with tqdm(total=len(benchmark), unit="img", desc=desc, disable=not progress) as bar:
+        with progress_bar(len(benchmark), desc, progress) as bar:
             for batch in benchmark.batches(range(len(benchmark)), sizes, batch_size):
                 features = {s: lead.features_batch(images) for s, images in zip(sizes, batch.images)}
                 for i in members:

@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,13 +83,13 @@ def _regional_batches(
     The pipelines share one backbone (equal `backbone_key`): each resolution's feature map is
     computed once and every pipeline pools its own regions from it.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     sizes = tuple(sorted({r for p in pipelines for r in p.resolutions}))
     lead = pipelines[0]
     batch_size = max(p.config.batch_size for p in pipelines)
     batches = images.batches(ids, sizes, batch_size, failures)
-    with tqdm(total=len(ids), unit="img", desc=desc, disable=not progress) as bar:
+    with progress_bar(len(ids), desc, progress) as bar:
         reported = len(failures)
         for batch in batches:
             features = {s: lead.features_batch(x) for s, x in zip(sizes, batch.images)}
@@ -251,13 +250,25 @@ def _fit_codebook(pipeline: Pipeline, regions: np.ndarray, rng: np.random.Genera
     pipeline.__post_init__()
 
 
-def describe_fit(pipeline: Pipeline) -> dict[str, Any]:
-    """Small numbers that show what was learned (for the CLI summary)."""
+def describe_fit(pipeline: Pipeline) -> str:
+    """What a saved fit learned, on how many images and how fast, as one sentence (CLI summary).
+
+    E.g. "PCA-whitening 1,024 -> 256 dims (from 100,000 descriptors) and a URA codebook of
+    1,024 words (IDF 0.41 .. 7.82) on 812 images (3 skipped) in 48 s"; the numbers come from
+    the artefacts and pipeline.json's "data" of `pipeline.path`.
+    """
+    import json
+
+    from .progress import format_duration
+
     arts = pipeline.artefacts or Artefacts()
-    out: dict[str, Any] = {}
+    data = json.loads((Path(pipeline.path) / "pipeline.json").read_text())["data"]
+    learned = []
     if arts.pca_projection is not None:
-        out["pca_whitening"] = f"{arts.pca_projection.shape[0]} -> {arts.pca_projection.shape[1]}"
+        d_in, d_out = arts.pca_projection.shape
+        learned.append(f"PCA-whitening {d_in:,} -> {d_out:,} dims (from {data['pca_descriptors']:,} descriptors)")
     if arts.idf is not None:
-        out["codebook_words"] = len(arts.idf)
-        out["idf_range"] = f"{arts.idf.min():.3f} .. {arts.idf.max():.3f}"
-    return out
+        learned.append(f"a URA codebook of {len(arts.idf):,} words (IDF {arts.idf.min():.2f} .. {arts.idf.max():.2f})")
+    skipped = f" ({data['images_skipped']:,} skipped)" if data["images_skipped"] else ""
+    return (f"{' and '.join(learned)} on {data['images_used']:,} images{skipped} "
+            f"in {format_duration(data['seconds'])}")

@@ -534,9 +534,8 @@ def embed_stream(
     relative to `root`, or ``"tfds:NAME/CONFIG:SPLIT"`` (ids from the record's ``id`` field).
     Unreadable files are recorded in `failures` (a FailureLog) and skipped.
     """
-    from tqdm.auto import tqdm
-
     from .data.images import FailureLog, iter_batches, list_images
+    from .progress import progress_bar
 
     batch_size = batch_size or pipeline.config.batch_size
     failures = failures if failures is not None else FailureLog()
@@ -553,7 +552,7 @@ def embed_stream(
             root = Path(root) if root is not None else Path(".")
         total = len(paths)
         batches = iter_batches(paths, root, pipeline.resolutions, batch_size, workers=workers, failures=failures)
-    with tqdm(total=total, unit="img", desc=f"embed {pipeline.name}", disable=not progress) as bar:
+    with progress_bar(total, f"embed {pipeline.name}", progress) as bar:
         reported = len(failures)
         for batch in batches:
             vectors = pipeline.embed_batch(batch.images)[batch.valid]
