@@ -36,6 +36,7 @@ def main(argv=None) -> None:
         ("embed_throughput", embed_args),
         ("torch_reference", embed_args),
         ("conv_layers", []),
+        ("efficientnet_lite", embed_args[2:] if args.pipelines else embed_args),  # all but --pipelines
         ("faiss_search", ["--sizes", args.faiss_sizes] if args.faiss_sizes else []),
     ]
     if args.out:
