@@ -52,3 +52,20 @@ def retrieval_config() -> ConfigDict:
 
     c.batch_size = 16
     return c
+
+
+def combined_config(name: str, paper_row: str, parts: dict, weights: dict) -> ConfigDict:
+    """Several pipelines' vectors side by side (tmrjax.pipeline.CombinedPipeline).
+
+    `parts`: {part name: retrieval config}; `weights`: {part name: w}: the cosine of two marks is
+    the w-weighted mean of their parts' cosines. Indexing and batching follow the first part.
+    """
+    c = ConfigDict()
+    c.name = name
+    c.paper_row = paper_row
+    c.parts = ConfigDict(parts)
+    c.part_weights = ConfigDict(weights)
+    first = next(iter(parts.values()))
+    c.index = first.index
+    c.batch_size = min(part.batch_size for part in parts.values())
+    return c

@@ -260,3 +260,35 @@ def small_fitted(fast_random_init, tmp_path_factory):
     config = make_tiny_config("mr_rsmac_ura", resolutions=(64,))
     pipeline = fit_pipeline(Pipeline.create(config), base / "marks", base / "fitted", failures=failures, progress=False)
     return pipeline, base / "fitted", failures, base / "marks"
+
+
+# ----------------------------------------------------------------------------------------
+# A tiny in-memory benchmark for `tmrjax eval`
+
+
+def tiny_benchmark(draw_mark):
+    """3 groups of 3 (one mark drawn at three sizes) + 6 distractors, as tfds-like records."""
+    from tmrjax.evaluation import Benchmark
+
+    queries, gallery = [], []
+    for group in range(3):
+        for member, size in enumerate([(96, 96), (128, 80), (72, 120)]):
+            image = np.asarray(draw_mark(group, size).convert("RGB"))
+            queries.append({"image": image, "id": f"g{group}-{member}".encode(), "group": group})
+    for i in range(6):
+        gallery.append({"image": np.asarray(draw_mark(100 + i).convert("RGB")), "id": f"d{i}".encode(), "group": -1})
+    return Benchmark("tiny/bench", queries, gallery, np.arange(len(gallery)))
+
+
+@pytest.fixture
+def bench():
+    return tiny_benchmark(draw_mark)
+
+
+@pytest.fixture
+def fake_benchmark(monkeypatch, bench):
+    """`bench`, returned by `tmrjax.evaluation.load_benchmark` whatever it is asked for."""
+    import tmrjax.evaluation
+
+    monkeypatch.setattr(tmrjax.evaluation, "load_benchmark", lambda *a, **k: bench)
+    return bench

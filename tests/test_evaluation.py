@@ -8,7 +8,7 @@ from PIL import Image
 
 import tmrjax
 import tmrjax.evaluation as evaluation
-from tmrjax.evaluation import Benchmark, embed_benchmark, export_benchmark, format_table, run_eval
+from tmrjax.evaluation import embed_benchmark, export_benchmark, format_table, run_eval
 from tmrjax.metrics import evaluate
 from tmrjax.pipeline import Pipeline
 
@@ -22,18 +22,6 @@ TINY_CONFIGS = {
         "c.embed.resolutions = (64, 96)"
     ),
 }
-
-
-def _benchmark(draw_mark) -> Benchmark:
-    """3 groups of 3 (one mark drawn at three sizes) + 6 distractors, as tfds-like records."""
-    queries, gallery = [], []
-    for group in range(3):
-        for member, size in enumerate([(96, 96), (128, 80), (72, 120)]):
-            image = np.asarray(draw_mark(group, size).convert("RGB"))
-            queries.append({"image": image, "id": f"g{group}-{member}".encode(), "group": group})
-    for i in range(6):
-        gallery.append({"image": np.asarray(draw_mark(100 + i).convert("RGB")), "id": f"d{i}".encode(), "group": -1})
-    return Benchmark("tiny/bench", queries, gallery, np.arange(len(gallery)))
 
 
 @pytest.fixture
@@ -53,17 +41,6 @@ def configs_dir(tmp_path):
             "    return c\n"
         )
     return tmp_path
-
-
-@pytest.fixture
-def bench(mark_factory):
-    return _benchmark(mark_factory[0])
-
-
-@pytest.fixture
-def fake_benchmark(monkeypatch, bench):
-    monkeypatch.setattr(evaluation, "load_benchmark", lambda *a, **k: bench)
-    return bench
 
 
 def test_benchmark_rows_groups_and_relevance(bench):

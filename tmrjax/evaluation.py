@@ -24,9 +24,11 @@ from .metrics import Evaluation, evaluate, group_relevance
 from .pipeline import (
     NO_WEIGHTS,
     RANDOM_WEIGHTS,
+    CombinedPipeline,
     Pipeline,
     backbone_weights,
     config_hash,
+    is_combined,
     load_config,
     needs_fit,
 )
@@ -151,8 +153,17 @@ def embed_benchmark(benchmark: Benchmark, pipelines: Sequence[Pipeline], progres
 
     Pipelines with the same backbone weights and tap share one forward pass per resolution
     (e.g. R-MAC, R-SMAC and MR-R-SMAC on ResNet50 conv4), so adding a method to the table
-    costs its pooling, not another backbone pass.
+    costs its pooling, not another backbone pass. A combined pipeline's parts join the passes
+    of their backbones.
     """
+    singles = [part for p in pipelines for part in (p.parts.values() if isinstance(p, CombinedPipeline) else [p])]
+    vectors = iter(_embed_single(benchmark, singles, progress))
+    return [p.combine({name: next(vectors) for name in p.parts}) if isinstance(p, CombinedPipeline)
+            else next(vectors) for p in pipelines]
+
+
+def _embed_single(benchmark: Benchmark, pipelines: Sequence[Pipeline], progress: bool) -> list[np.ndarray]:
+    """`embed_benchmark` for pipelines of one backbone each."""
     from .progress import progress_bar
 
     out: list[list[np.ndarray]] = [[] for _ in pipelines]
@@ -288,15 +299,26 @@ def run_eval(
     given = [weights] if isinstance(weights, (str, os.PathLike)) else list(weights or [])
     by_arch = weights_by_arch(given)
     fallback = RANDOM_WEIGHTS if RANDOM_WEIGHTS in map(str, given) else None
-    chosen = [backbone_weights(c, by_arch.get(c.backbone.arch, fallback)) for c in configs]
-    for config, w in zip(configs, chosen):
-        if w == RANDOM_WEIGHTS:
-            log(f"note       {config.name}: its {config.backbone.arch} backbone is RANDOMLY INITIALISED "
-                "(--weights random): the row measures untrained features")
+    # Each pipeline's weights, resolved now: a combined config's parts get theirs written in.
+    configs = [c.copy_and_resolve_references() if is_combined(c) else c for c in configs]
+    chosen: list[str | None] = []
+    tags: list[str] = []
+    for config in configs:
+        resolved = []
+        for part in config.parts.values() if is_combined(config) else [config]:
+            w = backbone_weights(part, by_arch.get(part.backbone.arch, fallback))
+            if w == RANDOM_WEIGHTS:
+                log(f"note       {part.name}: its {part.backbone.arch} backbone is RANDOMLY INITIALISED "
+                    "(--weights random): the row measures untrained features")
+            if is_combined(config):
+                part.backbone.weights = w
+            resolved.append(w)
+        chosen.append(None if is_combined(config) else resolved[0])
+        tags.append("+".join(weights_tag(w) for w in resolved))
+    used = {part.backbone.arch for c in configs for part in (c.parts.values() if is_combined(c) else [c])}
     for arch, path in by_arch.items():
-        if arch not in {c.backbone.arch for c in configs}:
+        if arch not in used:
             log(f"note       {path} ({arch}): no pipeline of this run uses it")
-    tags = [weights_tag(w) for w in chosen]
     caches = [out / "cache" / subset / f"{c.name}-{config_hash(c)}-{tag}" for c, tag in zip(configs, tags)]
     vectors: dict[str, np.ndarray] = {}
     todo: list[Pipeline] = []

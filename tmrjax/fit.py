@@ -12,6 +12,7 @@ clusters a sample of them and counts document frequencies. Raw descriptors (up t
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 from .data.images import Batch, FailureLog, iter_batches, list_images
 from .kernels import idf as idf_kernels
 from .kernels import whitening
-from .pipeline import Artefacts, Pipeline, PipelineError, needs_fit
+from .pipeline import Artefacts, CombinedPipeline, Pipeline, PipelineError, needs_fit
 
 
 class _Reservoir:
@@ -135,6 +136,32 @@ def fit_pipelines(
     for pipeline in pipelines:
         if not needs_fit(pipeline.config):
             raise PipelineError(f"{pipeline.name}: nothing to fit (no PCA-whitening, no attention)")
+    # A combined pipeline fits its parts that need it, each into parts/<name>/ of its folder.
+    single: list[Pipeline] = []
+    single_dirs: list[Path] = []
+    for pipeline, out_dir in zip(pipelines, out_dirs):
+        parts = pipeline.parts if isinstance(pipeline, CombinedPipeline) else {None: pipeline}
+        for name, part in parts.items():
+            if needs_fit(part.config):
+                single.append(part)
+                single_dirs.append(Path(out_dir) if name is None else Path(out_dir) / "parts" / name)
+    _fit_single(single, images, single_dirs, num_images, failures, progress)
+    for pipeline, out_dir in zip(pipelines, out_dirs):
+        if isinstance(pipeline, CombinedPipeline):
+            fitted = next(part for part in pipeline.parts.values() if needs_fit(part.config))
+            pipeline.save(out_dir, data=json.loads((fitted.path / "pipeline.json").read_text())["data"])
+    return list(pipelines)
+
+
+def _fit_single(
+    pipelines: Sequence[Pipeline],
+    images,
+    out_dirs: Sequence[str | os.PathLike],
+    num_images: int | None,
+    failures: FailureLog | None,
+    progress: bool,
+) -> None:
+    """`fit_pipelines` for pipelines of one backbone each."""
     if isinstance(images, (str, os.PathLike)):
         images = FolderImages(images)
     if not images.ids:
@@ -152,7 +179,6 @@ def fit_pipelines(
         for path, reason in skipped.failures:  # each unreadable file reported once
             if (path, reason) not in known:
                 failures.add(path, reason)
-    return list(pipelines)
 
 
 def _fit_group(
@@ -257,10 +283,11 @@ def describe_fit(pipeline: Pipeline) -> str:
     1,024 words (IDF 0.41 .. 7.82) on 812 images (3 skipped) in 48 s"; the numbers come from
     the artefacts and pipeline.json's "data" of `pipeline.path`.
     """
-    import json
-
     from .progress import format_duration
 
+    if isinstance(pipeline, CombinedPipeline):
+        return "; ".join(f"{name}: {describe_fit(part)}" for name, part in pipeline.parts.items()
+                         if needs_fit(part.config))
     arts = pipeline.artefacts or Artefacts()
     data = json.loads((Path(pipeline.path) / "pipeline.json").read_text())["data"]
     learned = []

@@ -39,6 +39,7 @@ from .models import architecture, build_backbone
 from .weights import load_backbone, random_variables
 
 PIPELINE_FORMAT = "tmrjax-pipeline/1"
+COMBINED_FORMAT = "tmrjax-combined-pipeline/1"
 RANDOM_WEIGHTS_SEED = 0
 RANDOM_WEIGHTS = "random"  # asked for explicitly: a config's backbone.weights or --weights random
 NO_WEIGHTS = "none"  # an architecture without variables (the ink thumbnail)
@@ -80,8 +81,9 @@ def available_configs() -> list[str]:
     from . import configs
 
     folder = Path(configs.__file__).parent
-    names = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common"))
-    return [n for n in names if "embed" in load_config(n)]
+    # common.py and shipped.py hold helpers of the configs, not configs
+    names = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common", "shipped"))
+    return [n for n in names if "embed" in (config := load_config(n)) or "parts" in config]
 
 
 def config_hash(config: ConfigDict) -> str:
@@ -90,8 +92,12 @@ def config_hash(config: ConfigDict) -> str:
     ``backbone.weights`` is left out: it only names a default, and the weights actually used
     are identified by their own digest (`Pipeline.info`).
     """
-    backbone = {k: v for k, v in config.backbone.to_dict().items() if k != "weights"}
-    semantic = {"backbone": backbone, "embed": config.embed.to_dict()}
+    if is_combined(config):
+        semantic = {"parts": {name: config_hash(part) for name, part in config.parts.items()},
+                    "part_weights": config.part_weights.to_dict()}
+    else:
+        backbone = {k: v for k, v in config.backbone.to_dict().items() if k != "weights"}
+        semantic = {"backbone": backbone, "embed": config.embed.to_dict()}
     text = json.dumps(semantic, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -122,13 +128,23 @@ def backbone_weights(config: ConfigDict, weights: str | os.PathLike | None = Non
     return spec
 
 
-def weights_of(backbone: Mapping[str, Any]) -> str:
-    """The `backbone_weights` spec that rebuilds a recorded backbone identity (pipeline.json, index meta)."""
+def weights_of(backbone: Mapping[str, Any]) -> str | None:
+    """The `backbone_weights` spec that rebuilds a recorded backbone identity (pipeline.json, index
+    meta); None for a combined pipeline, whose parts record their own."""
+    if "parts" in backbone:
+        return None
     recorded = str(backbone.get("weights", ""))
     return RANDOM_WEIGHTS if recorded.startswith("random-init") else recorded
 
 
+def is_combined(config: ConfigDict) -> bool:
+    """A config that concatenates the vectors of several pipelines (`CombinedPipeline`)."""
+    return "parts" in config
+
+
 def needs_fit(config: ConfigDict) -> bool:
+    if is_combined(config):
+        return any(needs_fit(part) for part in config.parts.values())
     return config.embed.pca_whitening_dim > 0 or config.embed.attention != "none"
 
 
@@ -173,6 +189,15 @@ ATTENTIONS = ("none", "idf")
 
 def validate_config(config: ConfigDict) -> None:
     """Reject configs that cannot work, naming the field and the value."""
+    if is_combined(config):
+        if not config.parts or set(config.parts) != set(config.part_weights):
+            raise PipelineError(f"{config.name}: parts {sorted(config.parts)} and part_weights "
+                                f"{sorted(config.part_weights)} must name the same, non-empty set")
+        if any(not w > 0 for w in config.part_weights.values()):
+            raise PipelineError(f"{config.name}: part_weights {config.part_weights.to_dict()} must be > 0")
+        for part in config.parts.values():
+            validate_config(part)
+        return
     e = config.embed
     if e.pooling not in POOLINGS:
         raise PipelineError(f"{config.name}: embed.pooling={e.pooling!r}; expected one of {sorted(POOLINGS)}")
@@ -295,11 +320,19 @@ class Pipeline:
     @classmethod
     def create(
         cls, config: ConfigDict | str, weights: str | os.PathLike | None = None, dtype: Any = jnp.float32
-    ) -> Pipeline:
-        """An unfitted pipeline from a config and backbone weights (see `backbone_weights`)."""
+    ) -> Pipeline | CombinedPipeline:
+        """An unfitted pipeline from a config and backbone weights (see `backbone_weights`).
+
+        A combined config gives a `CombinedPipeline`, whose parts take their own configs' weights.
+        """
         if isinstance(config, str):
             config = load_config(config)
         validate_config(config)
+        if is_combined(config):
+            if weights is not None:
+                raise PipelineError(f"{config.name}: a combined pipeline's parts name their own weights; "
+                                    f"got weights={weights!r}")
+            return CombinedPipeline.create(config, dtype=dtype)
         arch, tap = config.backbone.arch, config.backbone.tap
         resolved = backbone_weights(config, weights)
         if resolved in (NO_WEIGHTS, RANDOM_WEIGHTS):
@@ -329,7 +362,9 @@ class Pipeline:
         return pipeline
 
     @classmethod
-    def load(cls, pipeline: str | os.PathLike, weights: str | os.PathLike | None = None) -> Pipeline:
+    def load(
+        cls, pipeline: str | os.PathLike, weights: str | os.PathLike | None = None
+    ) -> Pipeline | CombinedPipeline:
         """A fitted pipeline directory (from `tmrjax fit`), or a config that needs no fitting."""
         path = Path(pipeline)
         if not (path / "pipeline.json").is_file():
@@ -343,6 +378,8 @@ class Pipeline:
                 )
             return cls.create(config, weights=weights)
         info = json.loads((path / "pipeline.json").read_text())
+        if info.get("format") == COMBINED_FORMAT:
+            return CombinedPipeline.load(path)
         if info.get("format") != PIPELINE_FORMAT:
             raise PipelineError(
                 f"{path / 'pipeline.json'}: format {info.get('format')!r}, expected {PIPELINE_FORMAT!r}")
@@ -355,7 +392,7 @@ class Pipeline:
                 f"{path}: artefacts were fitted with backbone weights {info['backbone']}, "
                 f"but {pipe.backbone} were given"
             )
-        pipe.artefacts = Artefacts.load(path / "artefacts.npz")
+        pipe.artefacts = Artefacts.load(path / "artefacts.npz") if needs_fit(config) else Artefacts()
         if pipe.artefacts.digest() != info.get("artefacts_sha256"):
             raise PipelineError(
                 f"{path / 'artefacts.npz'}: does not match the fit recorded in pipeline.json "
@@ -498,6 +535,117 @@ class Pipeline:
     def embed_batch(self, images_per_resolution: Sequence[np.ndarray]) -> np.ndarray:
         """(B, S, S, 3) uint8 per resolution -> (B, d) float32, l2-normalised (Eq. 3-4)."""
         return self.embed_features([self.features_batch(images) for images in images_per_resolution])
+
+
+# ----------------------------------------------------------------------------------------
+# Several pipelines side by side
+
+
+@dataclasses.dataclass
+class CombinedPipeline:
+    """The vectors of several pipelines (e.g. two backbones) side by side in one descriptor.
+
+    Each part's vector is l2-normalised already; it is scaled by sqrt(w / sum(w)) and the parts
+    are concatenated, so the combined vector has unit norm and the cosine of two marks is the
+    w-weighted mean of their parts' cosines. The parts share one image decode (the union of
+    their resolutions); each is fitted on its own.
+    """
+
+    config: ConfigDict
+    parts: dict[str, Pipeline]  # in the order of config.parts
+    path: Path | None = None
+
+    @classmethod
+    def create(cls, config: ConfigDict, dtype: Any = jnp.float32) -> CombinedPipeline:
+        validate_config(config)
+        return cls(config, {name: Pipeline.create(part, dtype=dtype) for name, part in config.parts.items()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CombinedPipeline:
+        """A combined pipeline folder: pipeline.json and each part's pipeline folder under parts/."""
+        path = Path(path)
+        info = json.loads((path / "pipeline.json").read_text())
+        config = ConfigDict(info["config"])
+        if config_hash(config) != info.get("config_hash"):
+            raise PipelineError(f"{path}: pipeline.json's config does not match its recorded hash")
+        parts = {}
+        for name, part_config in config.parts.items():
+            part = Pipeline.load(path / "parts" / name)
+            if config_hash(part.config) != config_hash(part_config):
+                raise PipelineError(f"{path / 'parts' / name}: not the part {name!r} of {config.name!r}")
+            parts[name] = part
+        return cls(config, parts, path)
+
+    def save(self, path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+        """pipeline.json plus parts/<name>/ for every part (fitted or not)."""
+        path = Path(path)
+        for name, part in self.parts.items():
+            if part.path is None or Path(part.path).absolute() != (path / "parts" / name).absolute():
+                part.save(path / "parts" / name, data)  # parts fitted in place are saved already
+        info = {"format": COMBINED_FORMAT, "name": self.name, "config_hash": config_hash(self.config),
+                "config": json.loads(self.config.to_json()), "parts": list(self.parts), "data": dict(data),
+                "dim": self.dim, "tmrjax_version": __version__}
+        write_atomic(path / "pipeline.json", lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
+        self.path = path
+        return path
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(sorted({r for part in self.parts.values() for r in part.resolutions}))
+
+    @property
+    def dim(self) -> int:
+        return sum(part.dim for part in self.parts.values())
+
+    @property
+    def backbone(self) -> dict:
+        """The parts' backbone identities; ``weights`` joins theirs for one-line summaries."""
+        return {"parts": {name: part.backbone for name, part in self.parts.items()},
+                "weights": " + ".join(part.backbone["weights"] for part in self.parts.values())}
+
+    def part_scales(self) -> dict[str, float]:
+        total = sum(self.config.part_weights.values())
+        return {name: float(np.sqrt(self.config.part_weights[name] / total)) for name in self.parts}
+
+    def combine(self, part_vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Each part's (B, d_part) unit vectors -> (B, dim) unit vectors, in the parts' order."""
+        scales = self.part_scales()
+        return np.concatenate([part_vectors[name] * scales[name] for name in self.parts], axis=1)
+
+    def describe_text(self) -> str:
+        weights = self.config.part_weights
+        return f"{self.name} ({self.config.paper_row}): " + " + ".join(
+            f"[{weights[name]:g} x {part.describe_text()}]" for name, part in self.parts.items())
+
+    def info(self) -> dict:
+        """As `Pipeline.info`, over the parts: equal `vectors_hash`, equal vectors."""
+        parts = {name: part.info() for name, part in self.parts.items()}
+        identity = json.dumps([config_hash(self.config), [p["vectors_hash"] for p in parts.values()]])
+        return {
+            "name": self.name,
+            "vectors_hash": hashlib.sha256(identity.encode()).hexdigest()[:16],
+            "config_hash": config_hash(self.config),
+            "artefacts_sha256": hashlib.sha256(
+                "".join(p["artefacts_sha256"] for p in parts.values()).encode()).hexdigest(),
+            "backbone": self.backbone,
+            "path": str(self.path.absolute()) if self.path else None,
+            "config": json.loads(self.config.to_json()),
+            "dim": self.dim,
+        }
+
+    def check_artefacts(self) -> None:
+        for part in self.parts.values():
+            part.check_artefacts()
+
+    def embed_batch(self, images_per_resolution: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, S, S, 3) uint8 per resolution of `resolutions` -> (B, dim) float32, l2-normalised."""
+        by_size = dict(zip(self.resolutions, images_per_resolution))
+        return self.combine({name: part.embed_batch([by_size[r] for r in part.resolutions])
+                             for name, part in self.parts.items()})
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,13 @@
+"""CRoW, HED VGG16 conv4_3.
+
+tursun2019 Table 5 / tursun2021 Table 1 'CRoW [10]', as configs/crow.py builds it, on the shipped
+HED VGG16 (ImageNet VGG16 fine-tuned on BSDS500 edges; conv4_3, 224 px); configs/shipped.py says why
+these settings.
+"""
+
+from . import crow
+from .shipped import on_shipped
+
+
+def get_config():
+    return on_shipped(crow.get_config(), 'hed')

@@ -1,0 +1,13 @@
+"""MR-R-SMAC w/URA, ImageNet EfficientNet-Lite0 stage7.
+
+tursun2021 Table 2 'MR-R-SMAC w/URA', as configs/mr_rsmac_ura.py builds it, on the shipped
+EfficientNet-Lite0 (ImageNet; stage7, 320 px, or 224/320/448 px for a multi-resolution row);
+configs/shipped.py says why these settings.
+"""
+
+from . import mr_rsmac_ura
+from .shipped import on_shipped
+
+
+def get_config():
+    return on_shipped(mr_rsmac_ura.get_config(), 'lite0')
