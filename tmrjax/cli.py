@@ -210,6 +210,8 @@ def describe_backbone(meta: dict, variables: dict, path: Path | str) -> str:
     return "\n".join(lines)
 
 
+# The documented default: R-MAC on the two shipped backbones (configs/rmac_lite0_hed.py).
+DEFAULT_PIPELINE = "rmac_lite0_hed"
 WEIGHTS_HELP = ("backbone weights: a converted checkpoint or exported encoder directory, a shipped backbone "
                 "(efficientnet_lite0, hed_vgg16, ...), or 'random'; default: the config's own (backbone.weights)")
 
@@ -243,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="learn a pipeline's PCA-whitening / URA codebook on gallery images")
     p.add_argument("images", help="folder of gallery images (searched recursively)")
-    p.add_argument("--pipeline", required=True, help="config name (e.g. mr_rsmac_ura) or path to a config .py")
+    p.add_argument("--pipeline", default=DEFAULT_PIPELINE,
+                   help=f"config name or path to a config .py (default: {DEFAULT_PIPELINE})")
     p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--num-images", type=int, help="images sampled for fitting (default: config.fit.num_images)")
     p.add_argument("--out", required=True, help="output directory of the fitted pipeline")
