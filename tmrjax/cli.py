@@ -104,9 +104,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import format_table, run_eval
 
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
-    if not args.weights:
-        print("note       backbone weights are RANDOMLY INITIALISED (no --weights given): the table measures "
-              "the pipelines on untrained features, not the papers' ImageNet numbers.")
     rows, report = run_eval(
         args.dataset, names, args.out, weights=args.weights, max_distractors=args.max_distractors,
         fit_images=args.fit_images, protocol=args.protocol, data_dir=args.data_dir,
@@ -181,7 +178,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _warn_random(pipeline) -> None:
     if pipeline.backbone["weights"].startswith("random-init"):
-        print("note       backbone weights are RANDOMLY INITIALISED (no --weights given): the rankings show "
+        print("note       backbone weights are RANDOMLY INITIALISED (as asked): the rankings show "
               "the machinery, not ImageNet-quality retrieval. Convert real weights with `tmrjax convert`.")
 
 
