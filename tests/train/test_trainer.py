@@ -359,7 +359,7 @@ def test_exported_encoder_is_a_retrieval_backbone(cli_run, marks):
     """`--weights EXPORT` with the hu2024 config embeds with the trained encoder: the same
     vectors as the trainer's own retrieval encoding of the exported variables."""
     import tmrjax
-    from tmrjax.evaluation import _weights_tag, weights_by_arch
+    from tmrjax.evaluation import weights_by_arch, weights_tag
     from tmrjax.models import HU2024
     from tmrjax.pipeline import Pipeline
 
@@ -381,7 +381,7 @@ def test_exported_encoder_is_a_retrieval_backbone(cli_run, marks):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     # `tmrjax eval --weights EXPORT` gives it to the hu2024-resnet50 pipelines, tagged by its sha256.
     assert weights_by_arch([export]) == {HU2024: str(export)}
-    assert _weights_tag(str(export)) == f"encoder-{meta['variables_sha256'][:8]}"
+    assert weights_tag(str(export)) == f"encoder-{meta['variables_sha256'][:8]}"
 
 
 def test_exported_encoder_refuses_other_settings_and_changed_variables(cli_run, tmp_path):
