@@ -19,7 +19,7 @@ from ..models.efficientnet_lite import LAYOUT, VARIANTS
 from ..weights import VariablePath, WeightsError, expected_variables
 from .packaged import PackagedFile
 from .torch_pickle import load_torch_tensors
-from .torchvision import BN_LEAVES, CONV_LEAVES
+from .torchvision import BN_LEAVES, CONV_LEAVES, map_state_dict
 
 OFFICIAL: dict = {}  # no download: the weights install with pip
 PACKAGED = {
@@ -49,24 +49,7 @@ def read_checkpoint(path: str | os.PathLike, arch: str) -> tuple[dict[VariablePa
     if arch not in VARIANTS:
         raise WeightsError(f"{path}: EfficientNet-Lite checkpoints hold {tuple(VARIANTS)}, not {arch!r}")
     state = load_torch_tensors(Path(path))
-    expected = expected_variables(arch, LAYOUT)
-    flat: dict[VariablePath, np.ndarray] = {}
-    dropped: list[str] = []
-    for key, value in state.items():
-        module, _, leaf = key.rpartition(".")
-        if leaf == "num_batches_tracked":
-            continue
-        if module in HEAD_MODULES:
-            dropped.append(key)
-            continue
-        target = _flax_path(module, leaf)
-        if target is None or target not in expected:
-            flat[(key,)] = value
-            continue
-        if target[-1] == "kernel" and value.ndim == 4:
-            value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-        flat[target] = value
-    return flat, dropped
+    return map_state_dict(state, expected_variables(arch, LAYOUT), _flax_path, lambda module: module in HEAD_MODULES)
 
 
 def _flax_path(module: str, leaf: str) -> VariablePath | None:

@@ -10,7 +10,7 @@ unpickles nothing but tensors, or ``.safetensors``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -72,18 +72,33 @@ def read_checkpoint(path: str | os.PathLike, arch: str) -> tuple[dict[VariablePa
             f"{path}: this looks like a torchvision {guessed} checkpoint, not {arch}; "
             f"pass the architecture the file was saved from"
         )
-    expected = expected_variables(arch, LAYOUT)
     modules = _module_names(arch)
+    return map_state_dict(state, expected_variables(arch, LAYOUT), lambda module, leaf: _flax_path(
+        modules.get(module), leaf), lambda module: module.split(".")[0] in HEAD_MODULES)
+
+
+def map_state_dict(
+    state: Mapping[str, np.ndarray],
+    expected: Mapping[VariablePath, tuple[int, ...]],
+    flax_path: Callable[[str, str], VariablePath | None],
+    is_head: Callable[[str], bool],
+) -> tuple[dict[VariablePath, np.ndarray], list[str]]:
+    """A torch state dict -> (flat Flax variables, dropped head keys), for every torch reader.
+
+    `flax_path(module, leaf)` names a key's Flax variable (None if it has none); a key whose
+    module `is_head` is dropped; a key with no place in `expected` is kept under its own name so
+    that `assemble_variables` reports it. Kernels go from OIHW to HWIO; BN counters are skipped.
+    """
     flat: dict[VariablePath, np.ndarray] = {}
     dropped: list[str] = []
     for key, value in state.items():
         module, _, leaf = key.rpartition(".")
         if leaf == "num_batches_tracked":
             continue
-        if module.split(".")[0] in HEAD_MODULES:
+        if is_head(module):
             dropped.append(key)
             continue
-        target = _flax_path(modules.get(module), leaf)
+        target = flax_path(module, leaf)
         if target is None or target not in expected:
             flat[(key,)] = value
             continue
