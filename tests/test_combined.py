@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from tmrjax.configs.common import combined_config
 
+from tmrjax.fileio import StoredFileError
 from tmrjax.pipeline import CombinedPipeline, Pipeline, PipelineError, config_hash, embed
 
 pytestmark = pytest.mark.usefixtures("fast_random_init")
@@ -75,7 +76,7 @@ def test_a_changed_part_is_refused(fitted, tmp_path):
     info = json.loads((copy / "pipeline.json").read_text())
     info["config"]["parts"]["vgg"]["embed"]["pooling"] = "spoc"
     (copy / "pipeline.json").write_text(json.dumps(info))
-    with pytest.raises(PipelineError, match="does not match its recorded hash"):
+    with pytest.raises(StoredFileError, match="does not match its recorded hash"):
         Pipeline.load(copy)
 
 

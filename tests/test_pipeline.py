@@ -14,6 +14,7 @@ from tmrjax.kernels.regions import rmac_regions
 
 import tmrjax
 import tmrjax.pipeline
+from tmrjax.fileio import StoredFileError
 from tmrjax.pipeline import (
     Pipeline,
     PipelineError,
@@ -302,7 +303,7 @@ def test_load_round_trips_a_fitted_directory(ura_fitted, mark_factory):
 
 def test_load_refuses_a_pipeline_json_whose_config_was_edited(fitted_copy):
     edit_json(fitted_copy / "pipeline.json", lambda info: info["config"]["embed"].update(region_levels=3))
-    with pytest.raises(PipelineError, match="does not match its recorded hash"):
+    with pytest.raises(StoredFileError, match="does not match its recorded hash"):
         Pipeline.load(fitted_copy)
 
 

@@ -1,5 +1,6 @@
 """tmrjax/report.py: the HTML page of `tmrjax eval` on a small in-memory benchmark."""
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 
@@ -196,6 +197,34 @@ def test_hostile_ids_and_names_are_escaped(bench, tmp_path):
     assert "&lt;b&gt;r_smac&lt;/b&gt;" in text and "tiny/&lt;report&gt;" in text and "&amp; co" in text
     page = _Page(text)
     assert any(a["title"].endswith(": " + HOSTILE) for a in page.find("span") if "title" in a)
+
+
+# A file name and anchor that would end its attribute, add one and open a tag if written unescaped.
+HOSTILE_STEM = "\"' onerror='alert(1)' x=\"<script>alert(1)<"
+TAG_ATTRIBUTES = {
+    "html": {"lang"}, "meta": {"charset"}, "title": set(), "style": set(), "h1": set(), "h2": set(), "p": {"class"},
+    "a": {"href"}, "span": {"class", "style", "title"}, "div": {"class", "style"}, "strong": set(),
+    "table": {"class"}, "tr": {"class"}, "th": {"class"}, "td": {"class"}, "code": set(), "section": {"id"},
+    "img": {"src", "width", "height", "alt", "loading"},
+}
+
+
+def test_hostile_file_names_and_anchors_stay_inside_their_attributes(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "_file_stem", lambda index, method: f"{index:02d}{HOSTILE_STEM}")
+    vectors, evaluations, rows = _inputs(bench)
+    vectors = {name + HOSTILE_STEM: v for name, v in vectors.items()}  # the method names end up in alt
+    evaluations = {name + HOSTILE_STEM: e for name, e in evaluations.items()}
+    rows = [dataclasses.replace(r, method=r.method + HOSTILE_STEM) for r in rows]
+    page_path = write_report(tmp_path / "report", bench, vectors, evaluations, rows)
+    page = _Page(page_path.read_text())
+    for tag, attrs, _ in page.tags:
+        assert set(attrs) <= TAG_ATTRIBUTES.get(tag, set()), (tag, attrs)
+    stems = [f"{i:02d}{HOSTILE_STEM}" for i in (1, 2)]
+    assert [a["src"] for a in page.find("img")] == [f"{stem}.png" for stem in stems]
+    assert all((page_path.parent / f"{stem}.png").is_file() for stem in stems)
+    assert [a["id"] for a in page.find("section")] == stems
+    assert [a["href"] for a in page.find("a")][-2:] == [f"#{stem}" for stem in stems]
+    assert [a["alt"].split(":")[0] for a in page.find("img")] == [r.method for r in rows]
 
 
 def test_links_to_top10_json_and_the_runs_results(bench, tmp_path):

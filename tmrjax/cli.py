@@ -69,7 +69,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     _warn_random(pipeline)
     report = index_folder(
         args.images, pipeline, args.out, kind=args.kind, rebuild=args.rebuild,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, verify=not args.no_verify,
     )
     if args.failures_json:
         report.failures.write_json(args.failures_json)
@@ -80,23 +80,38 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     import json
 
+    from .data.images import FailureLog
     from .gallery import search_images
 
-    pipeline, results = search_images(args.index, args.queries, k=args.k)
+    failures = FailureLog()
+    pipeline, results = search_images(args.index, args.queries, k=args.k, verify=not args.no_verify,
+                                      failures=failures)
+    reasons = dict(failures.failures)
     if args.json:
         print(json.dumps(
             {"pipeline": pipeline.info(), "k": args.k, "results": [
+                {"query": str(q), "error": reasons.get(str(q))} if res is None else
                 {"query": str(q),
                  "ranking": [{"rank": r + 1, "id": i, "similarity": s} for r, (i, s) in enumerate(res)]}
                 for q, res in zip(args.queries, results)
             ]},
             indent=2,
         ))
-        return 0
-    for query, ranking in zip(args.queries, results):
-        print(f"query {query}  (pipeline {pipeline.name}, weights: {pipeline.backbone['weights']})")
-        for rank, (id_, similarity) in enumerate(ranking, start=1):
-            print(f"{rank:5d}  {similarity:+.4f}  {id_}")
+    else:
+        for query, ranking in zip(args.queries, results):
+            if ranking is None:
+                continue
+            print(f"query {query}  (pipeline {pipeline.name}, weights: {pipeline.backbone['weights']})")
+            if not ranking:
+                print(f"       the index {args.index} is empty: nothing to rank")
+            for rank, (id_, similarity) in enumerate(ranking, start=1):
+                print(f"{rank:5d}  {similarity:+.4f}  {id_}")
+    if len(failures):
+        print(f"tmrjax search: {len(failures)} of {len(args.queries)} queries could not be read, the others "
+              "were answered:", file=sys.stderr)
+        for path, reason in failures.failures:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -258,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="discard an existing index and start again")
     p.add_argument("--checkpoint-every", type=int, default=2000, help="make progress durable every N images")
     p.add_argument("--failures-json", help="also write the skipped files and reasons to this JSON file")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the index files on open (very large indexes; other checks stay)")
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("search", help="rank the indexed marks for query images")
@@ -265,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="+", help="query image file(s)")
     p.add_argument("-k", type=_positive_int, default=100, help="results per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the index files on open (very large indexes; other checks stay)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("eval", help="fit, embed and score pipelines on a benchmark; prints the papers' table")
@@ -302,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .data.images import ImageError
+    from .fileio import FolderLockedError
     from .pipeline import PipelineError
     from .weights import WeightsError
 
@@ -310,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (WeightsError, PipelineError, ImageError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+    except (WeightsError, PipelineError, ImageError, FileNotFoundError, NotADirectoryError, PermissionError,
+            FolderLockedError, ValueError) as e:
         print(f"tmrjax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

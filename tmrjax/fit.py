@@ -57,7 +57,8 @@ class FolderImages:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.ids = list_images(self.root)
+        self.unreadable = FailureLog()  # entries of the folder that could not be listed
+        self.ids = list_images(self.root, self.unreadable)
 
     def describe(self) -> str:
         return str(self.root.absolute())
@@ -167,6 +168,8 @@ def _fit_single(
     if not images.ids:
         raise PipelineError(f"{images.describe()}: no images to fit on")
     failures = failures if failures is not None else FailureLog()
+    for path, reason in getattr(images, "unreadable", FailureLog()).failures:
+        failures.add(path, reason)
     samples = [sample_ids(images.ids, num_images or p.config.fit.num_images, p.config.fit.seed) for p in pipelines]
     groups: dict[tuple, list[int]] = {}
     for i, (pipeline, paths) in enumerate(zip(pipelines, samples)):

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from .data.images import FailureLog, list_images
-from .fileio import file_sha256
+from .data.images import FailureLog, ImageError, list_images, load_image
+from .fileio import Record, WriterLock, file_sha256
 from .index import GalleryIndex
-from .pipeline import Pipeline, PipelineError, embed, embed_stream, weights_of
+from .pipeline import Pipeline, PipelineError, config_from_record, embed, embed_stream, weights_of
 
 
 def index_params(config: ConfigDict, kind: str | None = None) -> dict[str, Any]:
@@ -61,6 +61,7 @@ def index_folder(
     rebuild: bool = False,
     checkpoint_every: int = 2000,
     progress: bool = True,
+    verify: bool = True,
 ) -> IndexReport:
     """Embed every image under `images_dir` that the index at `out_dir` lacks, and add it.
 
@@ -69,23 +70,37 @@ def index_folder(
     """
     root = Path(images_dir)
     final = Path(out_dir)
+    failures = FailureLog()
+    paths = list_images(root, failures)  # a missing folder fails here, before anything is written
+    if not paths:
+        raise PipelineError(
+            f"{root}: no images found ({len(failures)} entries could not be read); nothing indexed"
+            + (f"; {final} left as it was" if final.exists() else ""))
+    with WriterLock(final):
+        return _index_locked(root, paths, failures, pipeline, final, kind, rebuild, checkpoint_every, progress,
+                             verify)
+
+
+def _index_locked(
+    root: Path, paths: list[str], failures: FailureLog, pipeline: Pipeline, final: Path, kind: str | None,
+    rebuild: bool, checkpoint_every: int, progress: bool, verify: bool,
+) -> IndexReport:
+    """`index_folder` while holding the writer lock of `final`."""
     # A rebuild goes to a sibling directory and replaces the old index only when complete.
     out = final.with_name(final.name + ".rebuild") if rebuild else final
     info = pipeline.info()
     if (out / "meta.json").is_file():
-        index = GalleryIndex.open(str(out), pipeline_info=info)
+        index = GalleryIndex.open(str(out), pipeline_info=info, verify=verify)
         if kind is not None and index.params["kind"] != kind:
             raise PipelineError(f"{out}: is a {index.params['kind']!r} index, not {kind!r}; use --rebuild")
     else:
         index = GalleryIndex.create(str(out), pipeline.dim, index_params(pipeline.config, kind), info)
 
-    paths = list_images(root)
     to_add, changed, unchanged = index.plan_update(str(root), paths)
     deleted = sorted(set(index.ids) - set(paths))  # files gone from the folder leave the index
     if changed or deleted:
         index.remove(changed + deleted)
     todo = sorted(to_add + changed)
-    failures = FailureLog()
     pending: list[tuple[list[str], np.ndarray]] = []  # held back until an IVF-PQ index can train
     since_checkpoint = 0
     for ids, vectors in embed_stream(todo, pipeline, root=root, failures=failures, progress=progress):
@@ -143,23 +158,52 @@ def _add_pending(index: GalleryIndex, root: Path, pending: list[tuple[list[str],
 
 
 def search_images(
-    index_dir: str | os.PathLike, queries: list[str | os.PathLike], k: int = 100
-) -> tuple[Pipeline, list[list[tuple[str, float]]]]:
-    """Rank the indexed marks for each query image: [[(id, similarity), ...], ...]."""
-    index = GalleryIndex.open(str(index_dir))
+    index_dir: str | os.PathLike, queries: list[str | os.PathLike], k: int = 100, verify: bool = True,
+    failures: FailureLog | None = None,
+) -> tuple[Pipeline, list[list[tuple[str, float]] | None]]:
+    """Rank the indexed marks for each query image: [[(id, similarity), ...], ...].
+
+    A query that cannot be read is recorded in `failures` (when given; else it raises) and its
+    ranking is None; the other queries are answered.
+    """
+    index = GalleryIndex.open(str(index_dir), verify=verify)
     pipeline = pipeline_of_index(index)
-    vectors = embed(queries, pipeline)
+    images, readable = [], []
+    for query in queries:
+        try:
+            images.append(load_image(query))
+            readable.append(True)
+        except ImageError as e:
+            if failures is None:
+                raise
+            failures.add(e.path, e.reason)
+            readable.append(False)
+    vectors = embed(images, pipeline) if images else np.zeros((0, index.dim), np.float32)
     scores, ids = index.search(vectors, k)
-    return pipeline, [list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores)]
+    answers = iter(list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores))
+    return pipeline, [next(answers) if ok else None for ok in readable]
 
 
 def pipeline_of_index(index: GalleryIndex) -> Pipeline:
-    """Rebuild the pipeline an index was made with, from what its meta.json recorded."""
+    """Rebuild the pipeline an index was made with, from what its meta.json recorded.
+
+    Only data is read: a fitted pipeline's folder (pipeline.json + artefacts, never a config
+    file, which would run code), or the config the index keeps. Either must give the vectors
+    hash the index records.
+    """
     info = index.pipeline_info
-    weights = weights_of(info["backbone"])
-    if info.get("path"):
-        pipeline = Pipeline.load(info["path"], weights=weights)
-    else:  # an unfitted config: rebuilt from the copy the index keeps
-        pipeline = Pipeline.create(ConfigDict(info["config"]), weights=weights)
+    weights = weights_of(info["backbone"]) if isinstance(info.get("backbone"), dict) else None
+    folder = info.get("path")
+    if folder:
+        if not isinstance(folder, str) or not Path(folder).is_dir():
+            raise PipelineError(
+                f"{index.path}/meta.json: the index was built with the fitted pipeline {folder!r}, which is not "
+                "a pipeline folder here; pass the pipeline folder with the index, or rebuild the index")
+        pipeline = Pipeline.load_folder(folder, weights=weights)
+    elif isinstance(info.get("config"), dict):  # an unfitted config: rebuilt from the copy the index keeps
+        pipeline = Pipeline.create(config_from_record(Record(info, f"{index.path}/meta.json", "pipeline")),
+                                   weights=weights)
+    else:
+        raise PipelineError(f"{index.path}/meta.json: records neither a pipeline folder nor a config")
     index.check_pipeline(pipeline.info())
     return pipeline

@@ -9,7 +9,7 @@ On-disk layout of an index directory::
 
     meta.json                  the commit point: format version, dim, index params, count, next
                                label, pipeline description, created/updated times, generation,
-                               and the names + byte sizes of the files below that make up the index
+                               and the names, byte sizes and sha256 of the files below
     index.<gen>.faiss          faiss index of generation <gen> (six digits)
     table.<gen>.npz            id table of generation <gen> (ids as NUL-joined utf-8, sha256 bytes,
                                size, mtime_ns, label)
@@ -18,7 +18,12 @@ On-disk layout of an index directory::
 
 Every file is written to a temporary name in the directory, fsynced and `os.replace`d into place;
 meta.json is replaced last, so a run killed at any point leaves the previous state readable. Files
-that meta.json does not name are deleted after each commit. `save()` writes a new generation;
+that meta.json does not name are deleted after each commit.
+
+An index folder may come from someone else or from a damaged disk. `open` reads nothing that
+meta.json does not name, refuses names that are not the plain names above (no path leaves the
+folder), checks every field of meta.json and every array of the tables, and, unless
+`verify=False`, the sha256 of every file before it is parsed. `save()` writes a new generation;
 `checkpoint()` appends a small delta instead while the deltas stay smaller than the generation, so
 checkpointing every N images costs O(total) writes overall rather than O(total^2).
 """
@@ -36,12 +41,25 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from .fileio import file_sha256, fsync_dir, write_atomic
+from .fileio import (
+    Record,
+    StoredFileError,
+    file_digest_matches,
+    file_sha256,
+    fsync_dir,
+    load_npz,
+    name_inside,
+    read_json,
+    write_atomic,
+)
 
 # Search batches of a few hundred queries go through BLAS instead of the per-query loop (~6x faster).
 faiss.cvar.distance_compute_blas_threshold = 20
 
-FORMAT_VERSION = 1
+# 2: every file entry of meta.json has its sha256. Indexes of format 1 open with verify=False
+# (their files are hashed then) and are written as format 2 at their next commit.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_NAME = "meta.json"
 # The key of the pipeline description whose value must match between an index and its caller.
 PIPELINE_HASH_KEY = "vectors_hash"
@@ -53,7 +71,17 @@ INDEX_KINDS: dict[str, dict[str, int]] = {
 }
 
 _NORM_TOLERANCE = 1e-3
-_DATA_FILE = r"(index\.\d{6,}\.faiss|table\.\d{6,}\.npz|delta\.\d{6,}\.\d{6,}\.npz)"
+_INDEX_FILE, _TABLE_FILE, _DELTA_FILE = r"index\.\d{6,}\.faiss", r"table\.\d{6,}\.npz", r"delta\.\d{6,}\.\d{6,}\.npz"
+_DATA_FILE = f"({_INDEX_FILE}|{_TABLE_FILE}|{_DELTA_FILE})"
+_SHA256 = r"[0-9a-f]{64}"
+# Upper bounds for fields of meta.json: far above any real index, low enough to refuse absurd values.
+_MAX_DIM = 1 << 16
+_MAX_DELTAS = 100_000
+# What faiss.read_index must return for each kind (its factory strings in `_new_faiss_index`).
+_FAISS_CLASS = {"flat": "IndexIDMap", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
+_TABLE_SCHEMA = {"ids": ("u", 1), "sha256": ("u", 2), "size": ("iu", 1), "mtime_ns": ("iu", 1), "label": ("iu", 1)}
+_DELTA_SCHEMA = {**_TABLE_SCHEMA, "vectors": ("f", 2), "removed": ("iu", 1), "refresh_label": ("iu", 1),
+                 "refresh_size": ("iu", 1), "refresh_mtime_ns": ("iu", 1)}
 # Files a commit may delete when meta.json does not name them: data files and our temporaries.
 _OWN_FILE = re.compile(rf"^({_DATA_FILE}|\.({_DATA_FILE}|meta\.json)\.\d+\.tmp)$")
 
@@ -135,14 +163,23 @@ class _Rows:
         }
 
     @classmethod
-    def from_arrays(cls, z, path: str) -> _Rows:
+    def from_arrays(cls, z: dict[str, np.ndarray], path: str) -> _Rows:
+        """The table of checked arrays `z` (see `load_npz`) from file `path`; inconsistent columns,
+        ids that are not UTF-8 and labels out of order are a StoredFileError naming it."""
         label = z["label"].astype(np.int64)
-        ids = z["ids"].tobytes().decode("utf-8").split("\0") if len(label) else []
-        rows = cls(ids, z["sha256"], z["size"].astype(np.int64), z["mtime_ns"].astype(np.int64), label)
+        try:
+            ids = z["ids"].astype(np.uint8).tobytes().decode("utf-8").split("\0") if len(label) else []
+        except UnicodeDecodeError as e:
+            raise StoredFileError(path, f"id table is not UTF-8 ({e.reason} at byte {e.start})") from None
+        rows = cls(ids, z["sha256"].astype(np.uint8), z["size"].astype(np.int64), z["mtime_ns"].astype(np.int64), label)
         if not len(ids) == len(rows.sha256) == len(rows.size) == len(rows.mtime_ns) == len(label):
-            raise ValueError(f"{path}: id table columns have different lengths")
-        if len(label) > 1 and not np.all(np.diff(label) > 0):
-            raise ValueError(f"{path}: labels are not strictly increasing")
+            raise StoredFileError(
+                path, f"id table columns have different lengths: {len(ids)} ids, {len(rows.sha256)} sha256, "
+                f"{len(rows.size)} sizes, {len(rows.mtime_ns)} mtimes, {len(label)} labels")
+        if rows.sha256.shape[1:] != (32,):
+            raise StoredFileError(path, f"sha256 column has shape {rows.sha256.shape}, expected ({len(label)}, 32)")
+        if len(label) and (label[0] < 0 or not np.all(np.diff(label) > 0)):
+            raise StoredFileError(path, "labels are not non-negative and strictly increasing")
         return rows
 
 
@@ -171,6 +208,52 @@ def _set_search_params(index: faiss.Index, params: dict) -> None:
         index.nprobe = params["nprobe"]
     elif params["kind"] == "hnsw":
         index.hnsw.efSearch = params["efSearch"]
+
+
+def _checked_meta(record: Record, meta_path: str, version: int) -> dict:
+    """meta.json's fields, each checked for type and range (StoredFileError names the field)."""
+    dim = record.int("dim", 1, _MAX_DIM)
+    count, next_label = record.int("count"), record.int("next_label")
+    if count > next_label:
+        raise StoredFileError(meta_path, f"count {count} exceeds next_label {next_label}")
+    files = record.record("files")
+
+    def entry(r: Record, delta: bool = False) -> dict:
+        e = {"name": r.str("name"), "bytes": r.int("bytes")}
+        if version >= 2:
+            e["sha256"] = r.str("sha256", _SHA256)
+        if delta:
+            e["rows"] = r.int("rows")
+        return e
+
+    pipeline = record.record("pipeline")
+    pipeline.str(PIPELINE_HASH_KEY)
+    return {
+        **record.doc,
+        "format_version": FORMAT_VERSION,  # what the next commit writes
+        "dim": dim,
+        "index": record.record("index").doc,
+        "count": count,
+        "next_label": next_label,
+        "generation": record.int("generation", -1, 10**9),
+        "files": {"index": entry(files.record("index")), "table": entry(files.record("table"))},
+        "deltas": [entry(d, delta=True) for d in record.records("deltas", _MAX_DELTAS)],
+        "pipeline": pipeline.doc,
+    }
+
+
+def _read_faiss(path: str, kind: str) -> faiss.Index:
+    """A faiss index file of `kind`; faiss's own errors on a damaged file become a StoredFileError."""
+    try:
+        index = faiss.read_index(path)
+    except RuntimeError as e:
+        if not os.path.exists(path):  # replaced by a concurrent writer's commit: `open` tries again
+            raise StoredFileError(path, "removed while it was read") from FileNotFoundError(path)
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise StoredFileError(path, f"damaged faiss index ({reason})") from None
+    if type(index).__name__ != _FAISS_CLASS[kind]:
+        raise StoredFileError(path, f"holds a faiss {type(index).__name__}, expected {_FAISS_CLASS[kind]} ({kind})")
+    return index
 
 
 class GalleryIndex:
@@ -235,24 +318,28 @@ class GalleryIndex:
         return gallery
 
     @classmethod
-    def open(cls, path: str, pipeline_info: dict | None = None) -> GalleryIndex:
+    def open(cls, path: str, pipeline_info: dict | None = None, verify: bool = True) -> GalleryIndex:
         """Load the last committed state of the index in `path`.
 
         With `pipeline_info`, fail unless its config hash is the one the index was built with.
+        With `verify` (the default) every file's sha256 is checked against meta.json before it
+        is read; `verify=False` skips that (for very large indexes) but keeps every other check.
+        A damaged or tampered folder is a StoredFileError naming the file.
         """
         meta_path = os.path.join(path, META_NAME)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{meta_path} not found: {path} is not a tmrjax index (create one first)")
         for _ in range(3):  # a concurrent writer may delete the files of the meta.json we just read
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
+            meta = read_json(meta_path)
             try:
-                gallery = cls._load(path, meta)
+                gallery = cls._load(path, meta, verify)
                 break
-            except FileNotFoundError:
-                with open(meta_path, encoding="utf-8") as f:
-                    if json.load(f)["generation"] == meta["generation"]:
-                        raise
+            except StoredFileError as e:
+                if not isinstance(e.__cause__, FileNotFoundError):
+                    raise
+                again = read_json(meta_path)
+                if again.get("generation") == meta.get("generation") and again.get("deltas") == meta.get("deltas"):
+                    raise
         else:
             raise RuntimeError(f"{meta_path}: changed under every one of 3 attempts to open it")
         if pipeline_info is not None:
@@ -260,50 +347,82 @@ class GalleryIndex:
         return gallery
 
     @classmethod
-    def _load(cls, path: str, meta: dict) -> GalleryIndex:
+    def _load(cls, path: str, record: Record, verify: bool) -> GalleryIndex:
         meta_path = os.path.join(path, META_NAME)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path}: format_version {meta.get('format_version')!r}, this tmrjax reads {FORMAT_VERSION}"
-            )
-        validate_index_params(meta["index"], meta["dim"])
+        version = record.int("format_version", 0, 1 << 20)
+        if version not in READABLE_VERSIONS:
+            raise StoredFileError(meta_path, f"format_version {version}, this tmrjax reads {list(READABLE_VERSIONS)}")
+        if version < 2 and verify:
+            raise StoredFileError(
+                meta_path, f"format_version {version} records no checksums, so its files cannot be verified: "
+                "open it with verification off (--no-verify) to use it (the next update writes checksums), "
+                "or rebuild it (tmrjax index --rebuild)")
+        meta = _checked_meta(record, meta_path, version)
+        try:
+            validate_index_params(meta["index"], meta["dim"])
+        except ValueError as e:
+            raise StoredFileError(meta_path, f"index parameters: {e}") from None
 
-        def checked(entry: dict) -> str:
-            file = os.path.join(path, entry["name"])
-            size = os.path.getsize(file)
+        def checked(entry: dict, pattern: str) -> str:
+            file = str(name_inside(path, entry["name"], pattern, meta_path))
+            try:
+                size = os.path.getsize(file)
+            except FileNotFoundError as e:
+                raise StoredFileError(file, f"missing, but {meta_path} names it") from e
             if size != entry["bytes"]:
-                raise ValueError(f"{file}: {size} bytes, but {meta_path} recorded {entry['bytes']}")
+                raise StoredFileError(file, f"{size} bytes, but {meta_path} recorded {entry['bytes']}")
+            if "sha256" not in entry:  # format 1: hashed now, recorded at the next commit
+                entry["sha256"] = file_sha256(file)
+            elif verify:
+                file_digest_matches(file, entry["sha256"], meta_path)
             return file
 
-        index_file = checked(meta["files"]["index"])
-        index = faiss.read_index(index_file)
-        table_file = checked(meta["files"]["table"])
-        with np.load(table_file) as z:
-            rows = _Rows.from_arrays(z, table_file)
+        index_file = checked(meta["files"]["index"], _INDEX_FILE)
+        index = _read_faiss(index_file, meta["index"]["kind"])
+        table_file = checked(meta["files"]["table"], _TABLE_FILE)
+        rows = _Rows.from_arrays(load_npz(table_file, _TABLE_SCHEMA), table_file)
         if index.d != meta["dim"] or index.ntotal != len(rows):
-            raise ValueError(
-                f"{index_file}: dim {index.d} with {index.ntotal} vectors, but {table_file} has {len(rows)} rows"
-                f" and {meta_path} says dim {meta['dim']}"
-            )
+            raise StoredFileError(
+                index_file, f"dim {index.d} with {index.ntotal} vectors, but {table_file} has {len(rows)} rows"
+                f" and {meta_path} says dim {meta['dim']}")
+        if meta["index"]["kind"] == "flat" and not np.array_equal(faiss.vector_to_array(index.id_map), rows.label):
+            raise StoredFileError(index_file, f"its vector ids are not the labels of {table_file}")
+        if len(rows) and rows.label[-1] >= meta["next_label"]:
+            raise StoredFileError(table_file, f"label {rows.label[-1]} is not below next_label {meta['next_label']}")
         gallery = cls(path, meta, index, rows)
         for entry in meta["deltas"]:
-            delta_file = checked(entry)
-            with np.load(delta_file) as z:
-                gallery._apply_delta(z, delta_file)
+            delta_file = checked(entry, _DELTA_FILE)
+            gallery._apply_delta(load_npz(delta_file, _DELTA_SCHEMA), delta_file)
         if len(gallery) != meta["count"]:
-            raise ValueError(f"{meta_path}: count {meta['count']}, but its files hold {len(gallery)} rows")
+            raise StoredFileError(meta_path, f"count {meta['count']}, but its files hold {len(gallery)} rows")
         gallery._next_label = int(meta["next_label"])
         gallery._mark_durable()
         return gallery
 
-    def _apply_delta(self, z, path: str) -> None:
-        self._remove_labels(z["removed"].astype(np.int64))
+    def _apply_delta(self, z: dict[str, np.ndarray], path: str) -> None:
+        removed = z["removed"].astype(np.int64)
         rows = self._table()
-        refreshed = np.searchsorted(rows.label, z["refresh_label"])
+        if not np.all(np.isin(removed, rows.label)) or len(np.unique(removed)) != len(removed):
+            raise StoredFileError(path, "removes labels that are not in the index")
+        self._remove_labels(removed)
+        rows = self._table()
+        refresh = z["refresh_label"].astype(np.int64)
+        if not len(refresh) == len(z["refresh_size"]) == len(z["refresh_mtime_ns"]) or not np.all(
+                np.isin(refresh, rows.label)):
+            raise StoredFileError(path, "refreshes rows that are not in the index")
+        refreshed = np.searchsorted(rows.label, refresh)
         rows.size[refreshed] = z["refresh_size"]
         rows.mtime_ns[refreshed] = z["refresh_mtime_ns"]
         added = _Rows.from_arrays(z, path)
-        self._append(added, z["vectors"])
+        if z["vectors"].shape != (len(added), self.dim):
+            raise StoredFileError(path, f"vectors have shape {z['vectors'].shape}, expected ({len(added)}, {self.dim})")
+        above = int(rows.label[-1]) + 1 if len(rows) else 0
+        if len(added) and (added.label[0] < above or added.label[-1] >= self._meta["next_label"]):
+            raise StoredFileError(path, f"adds labels {added.label[0]}..{added.label[-1]} outside "
+                                        f"[{above}, {self._meta['next_label']})")
+        if not set(added.ids).isdisjoint(self._labels_by_id()):
+            raise StoredFileError(path, "adds ids that are already indexed")
+        self._append(added, np.ascontiguousarray(z["vectors"], np.float32))
 
     def check_pipeline(self, pipeline_info: dict) -> None:
         """Fail unless `pipeline_info` has the config hash this index's vectors were made with."""
@@ -544,14 +663,10 @@ class GalleryIndex:
         generation = self._meta["generation"] + 1
         rows = self._table()
         index_name, table_name = f"index.{generation:06d}.faiss", f"table.{generation:06d}.npz"
-        index_bytes = write_atomic(
-            os.path.join(self.path, index_name),
-            lambda f: faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write)),
-        )
-        table_bytes = write_atomic(os.path.join(self.path, table_name), lambda f: np.savez(f, **rows.arrays()))
         files = {
-            "index": {"name": index_name, "bytes": index_bytes},
-            "table": {"name": table_name, "bytes": table_bytes},
+            "index": self._write_file(
+                index_name, lambda f: faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write))),
+            "table": self._write_file(table_name, lambda f: np.savez(f, **rows.arrays())),
         }
         self._commit(generation=generation, files=files, deltas=[])
         self._mark_durable(base_count=len(rows))
@@ -585,10 +700,16 @@ class GalleryIndex:
         }
         generation = self._meta["generation"]
         name = f"delta.{generation:06d}.{len(self._meta['deltas']) + 1:06d}.npz"
-        size = write_atomic(os.path.join(self.path, name), lambda f: np.savez(f, **arrays))
-        deltas = [*self._meta["deltas"], {"name": name, "bytes": size, "rows": len(added)}]
+        entry = {**self._write_file(name, lambda f: np.savez(f, **arrays)), "rows": len(added)}
+        deltas = [*self._meta["deltas"], entry]
         self._commit(generation=generation, files=self._meta["files"], deltas=deltas)
         self._mark_durable()
+
+    def _write_file(self, name: str, write) -> dict:
+        """Write one file of the index atomically; its meta.json entry (name, bytes, sha256)."""
+        file = os.path.join(self.path, name)
+        size = write_atomic(file, write)
+        return {"name": name, "bytes": size, "sha256": file_sha256(file)}
 
     def _delta_rows(self) -> int:
         """Rows that deltas on top of the last generation would hold after the next checkpoint."""
@@ -621,7 +742,7 @@ class GalleryIndex:
 
 
 def search_index(
-    path: str, queries: np.ndarray, k: int, pipeline_info: dict | None = None
+    path: str, queries: np.ndarray, k: int, pipeline_info: dict | None = None, verify: bool = True
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """Open the index in `path` (checking the pipeline when given) and search it; see `GalleryIndex.search`."""
-    return GalleryIndex.open(path, pipeline_info).search(queries, k)
+    """Open the index in `path` (checking the pipeline when given) and search it; see `GalleryIndex.open`, `search`."""
+    return GalleryIndex.open(path, pipeline_info, verify=verify).search(queries, k)

@@ -30,7 +30,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from . import __version__
-from .fileio import write_atomic
+from .fileio import Record, StoredFileError, load_npz, read_json, write_atomic
 from .kernels import idf, pooling, regions, whitening
 
 # The function: `tmrjax.kernels.crow` names it, not its module (kernels/__init__.py).
@@ -186,10 +186,58 @@ def _single_position(features: jax.Array) -> jax.Array:
     return features[:, 0, 0, :]
 ATTENTIONS = ("none", "idf")
 
+# Bounds of the numeric fields of a retrieval config: far beyond any real use, tight enough that a
+# damaged or hostile pipeline.json cannot ask for petabytes (a batch of 1e12 images) or a year of k-means.
+CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
+    "batch_size": (1, 4096),
+    "embed.region_levels": (0, 8),
+    "embed.gem_p": (1e-3, 100),
+    "embed.pca_whitening_dim": (0, 1 << 16),
+    "embed.whitening_power": (0, 1),
+    "embed.codebook_size": (1, 1 << 20),
+    "fit.num_images": (1, 10**8),
+    "fit.max_descriptors": (1, 10**8),
+    "fit.kmeans_iterations": (1, 10**4),
+    "fit.seed": (0, 2**32 - 1),
+}
+MAX_RESOLUTION = 4096  # px; a 4096 x 4096 input is already ~50 MB per image
+MAX_RESOLUTIONS = 8
+PART_NAME = r"[A-Za-z0-9_\-]{1,64}"  # a combined pipeline's part names are folder names under parts/
+
+
+def _check_types(config: ConfigDict, schema: ConfigDict, where: str = "") -> None:
+    """Every field of `schema` (the defaults) is present in `config` with a value of its type."""
+    for key, default in schema.items():
+        name = f"{where}{key}"
+        if key not in config:
+            raise PipelineError(f"{config.get('name', '?')}: field {name!r} is missing")
+        value = config[key]
+        if isinstance(default, ConfigDict):
+            if not isinstance(value, ConfigDict):
+                raise PipelineError(f"field {name!r} is {value!r}, expected a section like {default.to_dict()}")
+            _check_types(value, default, f"{name}.")
+            continue
+        kind = (int,) if isinstance(default, int) and not isinstance(default, bool) else type(default)
+        if isinstance(default, float):
+            kind = (int, float)
+        if isinstance(default, (tuple, list)):
+            kind = (tuple, list)
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind):
+            raise PipelineError(f"field {name!r} is {value!r} ({type(value).__name__}), "
+                                f"expected a {type(default).__name__} like {default!r}")
+
 
 def validate_config(config: ConfigDict) -> None:
-    """Reject configs that cannot work, naming the field and the value."""
+    """Reject configs that cannot work, naming the field and the value: missing fields, wrong
+    types, values outside `CONFIG_BOUNDS`, and combinations no pipeline can embed."""
+    import re
+
+    from .configs.common import retrieval_config
+
     if is_combined(config):
+        for name in config.parts:
+            if not re.fullmatch(PART_NAME, name):
+                raise PipelineError(f"{config.name}: part name {name!r} must match {PART_NAME}")
         if not config.parts or set(config.parts) != set(config.part_weights):
             raise PipelineError(f"{config.name}: parts {sorted(config.parts)} and part_weights "
                                 f"{sorted(config.part_weights)} must name the same, non-empty set")
@@ -198,6 +246,12 @@ def validate_config(config: ConfigDict) -> None:
         for part in config.parts.values():
             validate_config(part)
         return
+    _check_types(config, retrieval_config())
+    for field, (low, high) in CONFIG_BOUNDS.items():
+        section, _, key = field.rpartition(".")
+        value = (config[section] if section else config)[key]
+        if not low <= value <= high:
+            raise PipelineError(f"{config.name}: {field}={value!r} is outside [{low}, {high}]")
     e = config.embed
     if e.pooling not in POOLINGS:
         raise PipelineError(f"{config.name}: embed.pooling={e.pooling!r}; expected one of {sorted(POOLINGS)}")
@@ -212,8 +266,10 @@ def validate_config(config: ConfigDict) -> None:
     if e.attention == "idf" and e.pca_whitening_dim <= 0:
         raise PipelineError(
             f"{config.name}: URA (attention='idf') works on PCA-whitened regions; set pca_whitening_dim")
-    if not e.resolutions or any(int(r) < 32 for r in e.resolutions):
-        raise PipelineError(f"{config.name}: embed.resolutions={tuple(e.resolutions)}; each must be >= 32")
+    if not 0 < len(e.resolutions) <= MAX_RESOLUTIONS or any(
+            isinstance(r, bool) or not isinstance(r, int) or not 32 <= r <= MAX_RESOLUTION for r in e.resolutions):
+        raise PipelineError(f"{config.name}: embed.resolutions={tuple(e.resolutions)}; expected 1 to "
+                            f"{MAX_RESOLUTIONS} integer sizes, each in [32, {MAX_RESOLUTION}]")
     if e.pooling == "flatten" and len(e.resolutions) != 1:
         raise PipelineError(f"{config.name}: flatten pooling gives resolution-sized vectors; use one resolution")
 
@@ -236,6 +292,10 @@ def describe(features: jax.Array, embed: ConfigDict) -> jax.Array:
 
 # ----------------------------------------------------------------------------------------
 # Learned artefacts
+
+
+# The arrays of artefacts.npz: name -> (dtype kinds, ndim); each present only when the config fits it.
+ARTEFACT_ARRAYS = {"pca_mean": ("f", 1), "pca_projection": ("f", 2), "centroids": ("f", 2), "idf": ("f", 1)}
 
 
 @dataclasses.dataclass
@@ -264,8 +324,8 @@ class Artefacts:
 
     @classmethod
     def load(cls, path: Path) -> Artefacts:
-        with np.load(path, allow_pickle=False) as data:
-            return cls(**{k: np.asarray(data[k]) for k in data.files})
+        """artefacts.npz as written by `save`; damaged or foreign arrays are a StoredFileError."""
+        return cls(**load_npz(path, ARTEFACT_ARRAYS, optional=set(ARTEFACT_ARRAYS)))
 
 
 def postprocess(descriptors: jax.Array, arts: Mapping[str, jax.Array]) -> jax.Array:
@@ -287,6 +347,34 @@ def aggregate_resolution(features: jax.Array, embed: ConfigDict, arts: Mapping[s
     """One resolution's feature map -> unnormalised sum of its weighted regions, (B, d) (Eq. 2, 4)."""
     post = postprocess(describe(features, embed), arts)
     return jnp.einsum("brd,br->bd", post, region_weights(post, arts))
+
+
+def read_pipeline_json(path: Path, expected_format: str | None = None) -> Record:
+    """A pipeline folder's pipeline.json, of `expected_format` or either format."""
+    if not path.is_dir():
+        raise PipelineError(f"{path}: not a pipeline folder")
+    file = path / "pipeline.json"
+    if not file.is_file():
+        raise PipelineError(f"{path}: no pipeline.json; not a fitted pipeline (see `tmrjax fit`)")
+    record = read_json(file)
+    formats = (expected_format,) if expected_format else (PIPELINE_FORMAT, COMBINED_FORMAT)
+    record.str("format", choices=formats)
+    return record
+
+
+def config_from_record(record: Record) -> ConfigDict:
+    """The config stored in a pipeline.json, checked against its recorded hash and `validate_config`."""
+    config = ConfigDict(record.record("config").doc)
+    try:
+        validate_config(config)
+    except (AttributeError, KeyError, TypeError) as e:
+        raise StoredFileError(record.path, f"field 'config' is not a complete retrieval config ({e})") from None
+    except PipelineError as e:
+        raise StoredFileError(record.path, f"field 'config': {e}") from None
+    if config_hash(config) != record.str("config_hash"):
+        raise StoredFileError(
+            record.path, "field 'config' does not match its recorded hash (config_hash): edited or damaged")
+    return config
 
 
 # ----------------------------------------------------------------------------------------
@@ -365,40 +453,49 @@ class Pipeline:
     def load(
         cls, pipeline: str | os.PathLike, weights: str | os.PathLike | None = None
     ) -> Pipeline | CombinedPipeline:
-        """A fitted pipeline directory (from `tmrjax fit`), or a config that needs no fitting."""
+        """What a user names: a fitted pipeline folder (from `tmrjax fit`), or a config (a name
+        in tmrjax/configs or a ``.py`` file, which runs) that needs no fitting."""
         path = Path(pipeline)
-        if not (path / "pipeline.json").is_file():
-            if path.is_dir():
-                raise PipelineError(f"{path}: no pipeline.json; not a fitted pipeline (see `tmrjax fit`)")
-            config = load_config(str(pipeline))
-            if needs_fit(config):
-                raise PipelineError(
-                    f"pipeline {config.name!r} needs fitted PCA-whitening/codebook: "
-                    f"run `tmrjax fit IMAGES --pipeline {pipeline} --out DIR` and pass DIR"
-                )
-            return cls.create(config, weights=weights)
-        info = json.loads((path / "pipeline.json").read_text())
-        if info.get("format") == COMBINED_FORMAT:
+        if path.is_dir():
+            return cls.load_folder(path, weights=weights)
+        config = load_config(str(pipeline))
+        if needs_fit(config):
+            raise PipelineError(
+                f"pipeline {config.name!r} needs fitted PCA-whitening/codebook: "
+                f"run `tmrjax fit IMAGES --pipeline {pipeline} --out DIR` and pass DIR"
+            )
+        return cls.create(config, weights=weights)
+
+    @classmethod
+    def load_folder(
+        cls, path: str | os.PathLike, weights: str | os.PathLike | None = None
+    ) -> Pipeline | CombinedPipeline:
+        """A pipeline folder (pipeline.json + artefacts.npz, or a combined one's parts/), read as
+        data only: nothing in it is executed, every field is checked where it enters, and the
+        artefacts must be the ones pipeline.json records."""
+        path = Path(path)
+        record = read_pipeline_json(path)
+        if record.get("format") == COMBINED_FORMAT:
+            if weights is not None:
+                raise PipelineError(f"{path}: a combined pipeline's parts name their own weights; "
+                                    f"got weights={weights!r}")
             return CombinedPipeline.load(path)
-        if info.get("format") != PIPELINE_FORMAT:
+        config = config_from_record(record)
+        backbone = record.record("backbone")
+        weights = weights if weights is not None else weights_of(backbone.doc)
+        pipe = cls.create(config, weights=weights)
+        if pipe.backbone.get("source_sha256") != backbone.get("source_sha256"):
             raise PipelineError(
-                f"{path / 'pipeline.json'}: format {info.get('format')!r}, expected {PIPELINE_FORMAT!r}")
-        config = ConfigDict(info["config"])
-        if config_hash(config) != info["config_hash"]:
-            raise PipelineError(f"{path}: pipeline.json's config does not match its recorded hash")
-        pipe = cls.create(config, weights=weights if weights is not None else weights_of(info["backbone"]))
-        if pipe.backbone.get("source_sha256") != info["backbone"].get("source_sha256"):
-            raise PipelineError(
-                f"{path}: artefacts were fitted with backbone weights {info['backbone']}, "
+                f"{path}: artefacts were fitted with backbone weights {backbone.doc}, "
                 f"but {pipe.backbone} were given"
             )
-        pipe.artefacts = Artefacts.load(path / "artefacts.npz") if needs_fit(config) else Artefacts()
-        if pipe.artefacts.digest() != info.get("artefacts_sha256"):
+        artefacts = Artefacts.load(path / "artefacts.npz") if needs_fit(config) else Artefacts()
+        if artefacts.digest() != record.str("artefacts_sha256"):
             raise PipelineError(
                 f"{path / 'artefacts.npz'}: does not match the fit recorded in pipeline.json "
                 "(artefacts of another fit?); run `tmrjax fit` again"
             )
-        pipe.path = path
+        pipe.artefacts, pipe.path = artefacts, path
         pipe.__post_init__()
         pipe.check_artefacts()
         return pipe
@@ -564,13 +661,10 @@ class CombinedPipeline:
     def load(cls, path: str | os.PathLike) -> CombinedPipeline:
         """A combined pipeline folder: pipeline.json and each part's pipeline folder under parts/."""
         path = Path(path)
-        info = json.loads((path / "pipeline.json").read_text())
-        config = ConfigDict(info["config"])
-        if config_hash(config) != info.get("config_hash"):
-            raise PipelineError(f"{path}: pipeline.json's config does not match its recorded hash")
+        config = config_from_record(read_pipeline_json(path, COMBINED_FORMAT))
         parts = {}
         for name, part_config in config.parts.items():
-            part = Pipeline.load(path / "parts" / name)
+            part = Pipeline.load_folder(path / "parts" / name)
             if config_hash(part.config) != config_hash(part_config):
                 raise PipelineError(f"{path / 'parts' / name}: not the part {name!r} of {config.name!r}")
             parts[name] = part
@@ -694,7 +788,7 @@ def embed_stream(
     else:
         if isinstance(source, (str, os.PathLike)):
             root = Path(source)
-            paths = list_images(root)
+            paths = list_images(root, failures)
         else:
             paths = list(source)
             root = Path(root) if root is not None else Path(".")

@@ -173,7 +173,7 @@ def _summary_html(rows: Sequence[Row], anchors: Sequence[str]) -> str:
             "<th>backbone weights</th></tr>")
     body = "".join(
         f"<tr class='{'random' if is_random_init(r.weights) else 'trained'}'>"
-        f"<td><a href='#{_e(a)}'>{_e(r.method)}</a></td><td>{_e(r.paper_row)}</td><td class='num'>{r.dim}</td>"
+        f"<td><a href='#{_e(a)}'>{_e(r.method)}</a></td><td>{_e(r.paper_row)}</td><td class='num'>{_e(r.dim)}</td>"
         f"<td class='num'>{r.nar:.4f}</td><td class='num'>{100 * r.map_at_100:.2f}</td>"
         f"<td class='num'>{100 * r.map:.2f}</td><td>{_e(r.protocol)}</td><td>{_weights_html(r.weights)}</td></tr>"
         for r, a in zip(rows, anchors)
@@ -201,7 +201,7 @@ def _legend_html(shown: int, total_groups: int, sheets: int, k: int) -> str:
         "<p>Green frame: a member of the query's group (<span class='green'>relevant</span>); thin red frame: "
         "<span class='red'>not relevant</span>.</p>"
         "<p>Under each result: its rank and cosine similarity, then the end of its image id; under the query: "
-        f"its AP@{k}. Hover a thumbnail for the full id; top10.json lists them all.</p></div>"
+        f"its AP@{_e(k)}. Hover a thumbnail for the full id; top10.json lists them all.</p></div>"
     )
 
 
@@ -278,7 +278,7 @@ def write_report(
         sections.append(
             f"<section id='{_e(stem)}'><h2>{_e(row.method)}<span class='paper'>{_e(row.paper_row)}</span></h2>"
             f"<p>Backbone weights: {_weights_html(row.weights)}</p>{warning}"
-            f"<p class='scores'>DIM {row.dim} &middot; NAR {row.nar:.4f} (lower is better) &middot; "
+            f"<p class='scores'>DIM {_e(row.dim)} &middot; NAR {row.nar:.4f} (lower is better) &middot; "
             f"MAP@100 {100 * row.map_at_100:.2f} % &middot; MAP {100 * row.map:.2f} % &middot; "
             f"protocol {_e(row.protocol)}</p>" + "".join(sheets) + "</section>"
         )

@@ -1,10 +1,15 @@
 """Tests for tmrjax/data/images.py. Every input is generated here with PIL/numpy."""
 
+import errno
 import io
 import json
 import os
+import pathlib
 import pickle
+import shutil
 import struct
+import tempfile
+import traceback
 import warnings
 import zlib
 
@@ -396,6 +401,124 @@ def test_list_images_bad_root(tmp_path):
     (tmp_path / "f.png").write_bytes(b"x")
     with pytest.raises(NotADirectoryError, match="not a directory"):
         list_images(tmp_path / "f.png")
+
+
+LOOP = f"symbolic link loop ({os.strerror(errno.ELOOP)})"
+
+
+def _loops(root):
+    """Readable images beside an image-named link loop, a folder-like link loop and a link back up the tree."""
+    for rel in ["good.png", "sub/ok.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    os.symlink("b.png", root / "a.png")
+    os.symlink("a.png", root / "b.png")
+    os.symlink("ring2", root / "ring")
+    os.symlink("ring", root / "ring2")
+    os.symlink("..", root / "sub" / "up")  # visited once, not a failure
+
+
+def test_list_images_records_symlink_loops_and_goes_on(tmp_path):
+    _loops(tmp_path)
+    failures = FailureLog()
+    assert list_images(tmp_path, failures) == ["good.png", "sub/ok.jpg"]
+    assert failures.failures == [("a.png", LOOP), ("b.png", LOOP), ("ring", LOOP), ("ring2", LOOP)]
+
+
+def test_list_images_without_a_failure_log_warns_naming_each_skipped_entry(tmp_path):
+    _loops(tmp_path)
+    with pytest.warns(UserWarning) as caught:
+        assert list_images(tmp_path) == ["good.png", "sub/ok.jpg"]
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / name}: {LOOP}; skipped" for name in ("a.png", "b.png", "ring", "ring2")
+    ]
+    assert {w.filename for w in caught} == {__file__}  # points at the caller of list_images
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp():
+    """A fresh folder in the system temp dir that any user can reach (pytest's tmp_path is private to its owner)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="tmrjax-test-"))
+    path.chmod(0o755)
+    yield path
+    for directory, names, _ in os.walk(path):  # unlock what a test locked (before os.walk enters it), then remove
+        for name in names:
+            os.chmod(os.path.join(directory, name), 0o755)
+    shutil.rmtree(path)
+
+
+def _list_unprivileged(root, locked) -> dict:
+    """`list_images(root, FailureLog())` in a forked child, as user nobody when we are root (root reads a folder
+    whatever its mode). Returns {"found", "failures"} or {"error", "message"}; skips where `locked` stays readable."""
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)  # JAX's; the child never touches JAX
+        pid = os.fork()
+    if pid == 0:  # the child answers through the pipe and never returns into pytest
+        try:
+            os.close(read_end)
+            result = _walk_in_child(root, locked)
+        except BaseException:  # noqa: BLE001 -- reported to the parent, which fails the test with it
+            result = {"crash": traceback.format_exc()}
+        try:
+            with os.fdopen(write_end, "w") as out:
+                json.dump(result, out)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reply:
+        text = reply.read()
+    os.waitpid(pid, 0)
+    result = json.loads(text)
+    if "skip" in result:
+        pytest.skip(result["skip"])
+    if "crash" in result:
+        pytest.fail(f"list_images failed in the child:\n{result['crash']}")
+    return result
+
+
+def _walk_in_child(root, locked) -> dict:
+    if os.geteuid() == 0:
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        except PermissionError as e:
+            return {"skip": f"root reads folders whatever their mode, and cannot switch to uid {NOBODY} here: {e}"}
+    if not os.access(os.path.dirname(locked), os.R_OK | os.X_OK):
+        return {"skip": f"uid {os.getuid()} cannot reach the test folder {os.path.dirname(locked)}"}
+    if os.access(locked, os.R_OK):
+        return {"skip": f"uid {os.getuid()} reads {locked} despite chmod 000"}
+    failures = FailureLog()
+    try:
+        found = list_images(root, failures)
+    except OSError as e:
+        return {"error": type(e).__name__, "message": str(e)}
+    return {"found": found, "failures": [list(f) for f in failures.failures]}
+
+
+def test_list_images_records_an_unreadable_folder_and_lists_the_rest(shared_tmp):
+    for rel in ["a/1.png", "locked/2.png", "locked/deeper/3.png", "z/4.png", "5.png"]:
+        (shared_tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shared_tmp / rel).write_bytes(b"x")
+    os.chmod(shared_tmp / "locked", 0)
+    result = _list_unprivileged(shared_tmp, shared_tmp / "locked")
+    assert result == {
+        "found": ["5.png", "a/1.png", "z/4.png"],
+        "failures": [["locked", "folder cannot be read (permission denied); its files are skipped"]],
+    }
+
+
+def test_list_images_unreadable_root_raises_naming_it(shared_tmp):
+    root = shared_tmp / "root"
+    root.mkdir()
+    (root / "1.png").write_bytes(b"x")
+    os.chmod(root, 0)
+    result = _list_unprivileged(root, root)
+    assert result == {"error": "PermissionError", "message": f"{root}: image folder cannot be read (permission denied)"}
 
 
 def _mixed_folder(root):

@@ -3,7 +3,8 @@
 Every image entering tmrjax comes through `load_image` (files) or `as_batches` (in-memory inputs) and leaves
 as uint8 (H, W, 3) RGB on white. Trademarks are kept whole: images are padded with white to a square and
 resized, never cropped (Tursun et al. 2019, Sec. 4.1). A file that cannot be read raises `ImageError` naming
-the file and the reason; `iter_batches` records it in a `FailureLog` and goes on with the rest.
+the file and the reason; `iter_batches` records it in a `FailureLog` and goes on with the rest, as
+`list_images` does with an entry or folder it cannot read.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import json
 import os
 import stat
@@ -229,42 +231,68 @@ def _check_sizes(sizes: tuple[int, ...]) -> None:
 # Files
 
 
-def list_images(root: str | os.PathLike) -> list[str]:
+def list_images(root: str | os.PathLike, failures: FailureLog | None = None) -> list[str]:
     """All image files under `root` (by suffix, see IMAGE_EXTENSIONS), as sorted relative POSIX paths.
 
     Hidden files and folders (name starting with '.') are skipped. Symbolic links are followed, but each
-    real directory is visited once, so link loops end and linked copies are not listed twice. A broken
-    link with an image suffix is listed, so that loading reports it rather than it vanishing silently.
+    real directory is visited once, so links back up the tree end and linked copies are not listed twice.
+    A broken link with an image suffix is listed, so that loading reports it rather than it vanishing silently.
+    An entry or subfolder that cannot be read (a symbolic link loop, permission denied, any other OSError) is
+    left out and the walk goes on: it is recorded in `failures` by relative path, or, without one, named in a
+    warning. Raises FileNotFoundError, NotADirectoryError or OSError when `root` itself cannot be listed.
     """
     top = os.fspath(root)
     if not os.path.exists(top):
         raise FileNotFoundError(f"{top}: image folder does not exist")
     if not os.path.isdir(top):
         raise NotADirectoryError(f"{top}: not a directory")
+
+    def skip(rel: str, reason: str) -> None:
+        if failures is None:
+            warnings.warn(f"{os.path.join(top, rel)}: {reason}; skipped", stacklevel=3)
+        else:
+            failures.add(rel, reason)
+
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
     stack: list[tuple[str, str]] = [(top, "")]
     while stack:
         directory, rel = stack.pop()
-        st = os.stat(directory)
-        if (st.st_dev, st.st_ino) in seen:
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            if not rel:
+                raise type(e)(f"{top}: image folder {_unreadable(e)}") from e
+            skip(rel, f"folder {_unreadable(e)}; its files are skipped")
             continue
-        seen.add((st.st_dev, st.st_ino))
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
         subdirs = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             child = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.is_dir(follow_symlinks=True):
-                subdirs.append((entry.path, child))
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and (
-                entry.is_file(follow_symlinks=True) or entry.is_symlink()
-            ):
-                found.append(child)
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    subdirs.append((entry.path, child))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and (
+                    entry.is_file(follow_symlinks=True) or entry.is_symlink()
+                ):
+                    found.append(child)
+            except OSError as e:
+                skip(child, _unreadable(e))
         stack.extend(reversed(subdirs))
     return sorted(found)
+
+
+def _unreadable(e: OSError) -> str:
+    """Why a folder or an entry in one cannot be read, in words."""
+    if e.errno == errno.ELOOP:
+        return f"symbolic link loop ({e.strerror})"
+    return f"cannot be read ({'permission denied' if isinstance(e, PermissionError) else e.strerror or e})"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -285,7 +313,7 @@ class Batch:
 
 @dataclasses.dataclass
 class FailureLog:
-    """The (path, reason) of every file skipped while streaming, in input order."""
+    """The (path, reason) of every file or folder skipped while listing or streaming, in the order met."""
 
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
