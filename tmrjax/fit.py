@@ -259,15 +259,25 @@ def _fit_group(
         )
 
 
+# k-means of the URA codebook needs several points per word; below this it only memorises them.
+MIN_DESCRIPTORS_PER_WORD = 10
+
+
 def _fit_codebook(pipeline: Pipeline, regions: np.ndarray, rng: np.random.Generator, images, faiss) -> None:
     """URA: k-means words of post-processed regions (N, R_total, d) and their IDF over images."""
     fit, embed = pipeline.config.fit, pipeline.config.embed
     k, dim = embed.codebook_size, embed.pca_whitening_dim
     flat = regions.reshape(-1, dim).astype(np.float32)
-    if len(flat) < k:
-        raise PipelineError(f"{images.describe()}: {len(flat)} regional descriptors cannot train {k} visual words")
+    need = k * MIN_DESCRIPTORS_PER_WORD
+    if len(flat) < need:
+        per_image = regions.shape[1]
+        raise PipelineError(
+            f"{images.describe()}: {pipeline.name}'s URA codebook of {k:,} words needs at least {need:,} regional "
+            f"descriptors ({MIN_DESCRIPTORS_PER_WORD} per word), but {len(regions):,} images gave {len(flat):,} "
+            f"({per_image} each): fit on at least {-(-need // per_image):,} images, or lower embed.codebook_size")
     train = flat[rng.choice(len(flat), min(len(flat), fit.max_descriptors), replace=False)]
-    kmeans = faiss.Kmeans(dim, k, niter=fit.kmeans_iterations, seed=fit.seed, verbose=False)
+    kmeans = faiss.Kmeans(dim, k, niter=fit.kmeans_iterations, seed=fit.seed, verbose=False,
+                          min_points_per_centroid=MIN_DESCRIPTORS_PER_WORD)
     kmeans.train(np.ascontiguousarray(train))
     centroids = np.asarray(kmeans.centroids, np.float32)
     _, words = kmeans.index.search(np.ascontiguousarray(flat), 1)
