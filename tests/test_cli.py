@@ -270,9 +270,10 @@ def test_search_of_a_missing_index_fails_clearly(run, tmp_path):
 
 
 def test_a_broken_query_fails_clearly(run):
+    """An unreadable query is reported (exit 1: the other queries, here none, are answered)."""
     code, _, stderr = tmrjax_cli("search", run["index"], run["root"] / "a/b/truncated.jpg")
-    assert code == 2
-    assert re.search(r"tmrjax search: error: .*a/b/truncated.jpg: corrupt or truncated", stderr), stderr
+    assert code == 1
+    assert re.search(r"1 of 1 queries could not be read.*\n.*a/b/truncated.jpg: corrupt or truncated", stderr), stderr
 
 
 def test_indexing_into_an_index_of_another_pipeline_fails_clearly(run, copy, tiny_mac):
