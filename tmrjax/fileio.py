@@ -80,11 +80,8 @@ def file_digest_matches(path: str | os.PathLike, expected: str, recorded_in: str
 # Reading folders that others may have written
 
 
-class StoredFileError(ValueError):
-    """A file in a folder that is missing, damaged, tampered with or not what its reader expects.
-
-    The message names the file, and where it applies the field, the value found and what was expected.
-    """
+class FileError(ValueError):
+    """A file that cannot be used; `path` names it, `reason` says why (picklable across processes)."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = os.fspath(path)
@@ -93,6 +90,13 @@ class StoredFileError(ValueError):
 
     def __reduce__(self):
         return type(self), (self.path, self.reason)
+
+
+class StoredFileError(FileError):
+    """A file in a folder that is missing, damaged, tampered with or not what its reader expects.
+
+    The message names the file, and where it applies the field, the value found and what was expected.
+    """
 
 
 def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> Record:

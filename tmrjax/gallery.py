@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from .data.images import FailureLog, ImageError, list_images, load_image
+from .data.images import FailureLog, ImageError, list_images
 from .fileio import Record, WriterLock, file_sha256
 from .index import GalleryIndex
-from .pipeline import Pipeline, PipelineError, config_from_record, embed, embed_stream, weights_of
+from .pipeline import Pipeline, PipelineError, config_from_record, embed_stream, weights_of
 
 
 def index_params(config: ConfigDict, kind: str | None = None) -> dict[str, Any]:
@@ -168,20 +168,20 @@ def search_images(
     """
     index = GalleryIndex.open(str(index_dir), verify=verify)
     pipeline = pipeline_of_index(index)
-    images, readable = [], []
-    for query in queries:
-        try:
-            images.append(load_image(query))
-            readable.append(True)
-        except ImageError as e:
-            if failures is None:
-                raise
-            failures.add(e.path, e.reason)
-            readable.append(False)
-    vectors = embed(images, pipeline) if images else np.zeros((0, index.dim), np.float32)
+    names = [os.fspath(q) for q in queries]
+    skipped = FailureLog()
+    vectors_of = {i: v for ids, vectors in embed_stream(names, pipeline, failures=skipped, progress=False)
+                  for i, v in zip(ids, vectors)}
+    if len(skipped) and failures is None:
+        raise ImageError(*skipped.failures[0])
+    for path, reason in skipped.failures:
+        failures.add(path, reason)
+    answered = [n for n in names if n in vectors_of]
+    vectors = np.stack([vectors_of[n] for n in answered]) if answered else np.zeros((0, index.dim), np.float32)
     scores, ids = index.search(vectors, k)
-    answers = iter(list(zip(row_ids, map(float, row_scores))) for row_ids, row_scores in zip(ids, scores))
-    return pipeline, [next(answers) if ok else None for ok in readable]
+    ranking_of = {n: list(zip(row_ids, map(float, row_scores)))
+                  for n, row_ids, row_scores in zip(answered, ids, scores)}
+    return pipeline, [ranking_of.get(n) for n in names]
 
 
 def pipeline_of_index(index: GalleryIndex) -> Pipeline:

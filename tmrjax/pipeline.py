@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,6 @@ def _check_types(config: ConfigDict, schema: ConfigDict, where: str = "") -> Non
 def validate_config(config: ConfigDict) -> None:
     """Reject configs that cannot work, naming the field and the value: missing fields, wrong
     types, values outside `CONFIG_BOUNDS`, and combinations no pipeline can embed."""
-    import re
-
     from .configs.common import retrieval_config
 
     if is_combined(config):

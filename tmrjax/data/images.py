@@ -27,6 +27,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..fileio import FileError
+
 # PIL's own default (Image.MAX_IMAGE_PIXELS), ~ 9459 x 9459.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -52,16 +54,8 @@ _ORIENTATION = {
 _OPEN_LOCK = threading.Lock()
 
 
-class ImageError(ValueError):
+class ImageError(FileError):
     """An input image that cannot be used; `path` names it, `reason` says why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
 
 
 # --------------------------------------------------------------------------------------------------------------
