@@ -10,7 +10,7 @@ ICONIFY_VERSION="2.2.535"  # keep equal to tmrjax.data.iconify.ICONIFY_VERSION
 CACHE="${TMRJAX_CACHE:-$HOME/.cache/tmrjax}"
 ICONIFY_DIR="$CACHE/iconify"
 
-# the packages of tmrjax.data.logo_groups.FONT_FILES (text-only marks) and its WORDS_FILE (wamerican)
+# the packages of tmrjax.data.logo_marks.FONT_FILES (text-only marks) and its WORDS_FILE (wamerican)
 FONT_PACKAGES=(
   fonts-dejavu fonts-dejavu-extra fonts-liberation fonts-noto-core fonts-urw-base35 fonts-freefont-ttf
   fonts-open-sans fonts-roboto fonts-lato fonts-cantarell fonts-crosextra-carlito fonts-crosextra-caladea

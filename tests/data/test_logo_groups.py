@@ -1,464 +1,41 @@
-"""Tests for tmrjax.data.logo_groups and tmrjax.data.iconify, on tiny synthetic icon sets (no npm package)."""
+"""Tests for the tmrjax.data.logo_groups builder: a tiny build from the synthetic package of conftest.py, read back
+through `tmrjax.evaluation.load_benchmark`."""
 
 from __future__ import annotations
 
-import json
 import pathlib
-import zlib
 
 import numpy as np
 import pytest
 
 from tmrjax.data import iconify
 from tmrjax.data import logo_groups as lg
+from tmrjax.data import logo_marks as lm
+from tmrjax.evaluation import load_benchmark
 
 resvg = pytest.importorskip("resvg_py", reason="resvg-py renders the SVGs (pip install resvg-py)")
-
-# --------------------------------------------------------------------------------------------------------------
-# Names
-
-
-@pytest.mark.parametrize(
-    "name, key",
-    [
-        ("github", "github"),
-        ("brand-github", "github"),  # tabler
-        ("brand-github-filled", "github"),
-        ("logo-github", "github"),  # ion, carbon, gravity-ui
-        ("github-logo-fill", "github"),  # ph
-        ("github-logo-2-block", "github"),  # streamline-logos: the 2 numbers the decoration
-        ("github-logo-1", "github"),
-        ("social-github-circular", "github"),  # typcn
-        ("mark-github-16", "github"),  # octicon size
-        ("github-fill-24", "github"),  # qlementine
-        ("github-alt", "github"),
-        ("github-alt2", "github"),
-        ("github-square", "github"),
-        ("square-github", "github"),  # fa6
-        ("github-with-circle", "github"),  # entypo-social
-        ("github-original", "github"),  # devicon
-        ("github-plain", "github"),
-        ("github-dark", "github"),  # skill-icons, selfhst
-        ("github-light", "github"),
-        ("github-icon", "github"),  # logos
-        ("github-one", "github"),  # icon-park
-        ("github-o", "github"),  # uiw
-        ("github-box", "github"),  # mdi
-        ("github-line", "github"),  # ri
-        ("github-original-wordmark", "github"),  # wordmark tokens are dropped from the key
-        ("css-3", "css3"),  # a number after the name is part of it
-        ("css3-alt", "css3"),
-        ("css-3-official", "css3"),
-        ("language-css3", "css3"),  # mdi
-        ("html-5", "html5"),
-        ("playstation-4", "playstation4"),
-        ("windows-8", "windows8"),
-        ("500px", "500px"),
-        ("500px-with-circle", "500px"),
-        ("c-plus-plus", "cplusplus"),
-        ("c-plusplus", "cplusplus"),
-        ("google-drive", "googledrive"),
-        ("google-plus-g", "googleplus"),  # one-letter variant (fa)
-        ("facebook-f", "facebook"),
-        ("bluetooth-b", "bluetooth"),
-        ("medium-m", "medium"),
-        ("cc-paypal", "paypal"),  # fa credit-card marks
-        ("browser-chrome", "chrome"),  # icon-park
-        ("firefox-browser", "firefox"),  # fa6
-        ("steam-symbol", "steam"),
-        ("logo-social-media-tiktok-circle", "tiktok"),  # streamline-pixel
-        ("vuedotjs", "vuejs"),  # simple-icons spells "." as "dot"
-        ("nodedotjs", "nodejs"),
-        ("vue-js", "vuejs"),
-        ("discorddotjs", "discordjs"),
-        ("microsoft-windows", "microsoftwindows"),  # owners are kept
-        ("amazon-appstore", "amazonappstore"),
-        ("stack_overflow", "stackoverflow"),
-        ("Stack.Overflow", "stackoverflow"),
-        ("logo", "logo"),  # the last token is never stripped
-        ("square", "square"),
-        ("x", "x"),
-        ("logo-x", "x"),
-        ("box", "box"),
-        ("dropbox", "dropbox"),
-    ],
-)
-def test_name_key(name, key):
-    assert lg.name_key(name) == key
-
-
-@pytest.mark.parametrize(
-    "name, expected",
-    [
-        ("github-wordmark", True),
-        ("github-original-wordmark", True),
-        ("github-text", True),
-        ("lockup-github-16", True),
-        ("github", False),
-        ("textpattern", False),
-        ("github-icon", False),
-    ],
-)
-def test_is_wordmark(name, expected):
-    assert lg.is_wordmark(name) is expected
-
-
-def test_brand_keys_and_merging():
-    assert lg.brand_keys("vuejs") == {"vuejs", "vue"}
-    assert lg.brand_keys("Node.js") == {"nodejs", "node"}
-    assert lg.brand_keys("discord") == {"discord"}
-    assert lg.brand_keys("js") == {"js"}
-    kept, merged = lg.merge_brands(["vuejs", "github", "vue", "VueJS"])
-    assert list(kept) == ["vuejs", "github"]
-    assert kept["vuejs"] == {"vuejs", "vue"}
-    assert merged == {"vue": "vuejs", "VueJS": "vuejs"}
-
-
-@pytest.mark.parametrize(
-    "key, related",
-    [
-        ("github", True),
-        ("githubactions", True),
-        ("refinedgithub", True),
-        ("git", True),
-        ("gitlab", False),
-        ("hub", True),
-        ("x", False),
-        ("python", False),
-    ],
-)
-def test_related_to_brand(key, related):
-    assert lg.related_to_brand(key, ["github"]) is related
 
 
 def test_dev_brands_are_unique_keys():
     assert len(lg.DEV_BRANDS) == 140
     assert len(set(lg.DEV_BRANDS)) == len(lg.DEV_BRANDS)
-    assert all(lg.brand_keys(b) >= {b} for b in lg.DEV_BRANDS)
+    assert all(lm.brand_keys(b) >= {b} for b in lg.DEV_BRANDS)
 
 
-def _icon(name, body, prefix="s", size=24.0):
-    return iconify.Icon(prefix=prefix, name=name, body=body, left=0.0, top=0.0, width=size, height=size)
+def _column(records: list[dict], field: str) -> np.ndarray:
+    return np.array([r[field].decode() if isinstance(r[field], bytes) else r[field] for r in records])
 
 
-def test_select_brand_icons():
-    icons = [_icon(n, "") for n in ("brand-github", "home", "brand-x", "github-logo")]
-    cats = {"Brand": ["home", "brand-x"]}
-
-    def names(selector):
-        return [i.name for i in lg.select_brand_icons(icons, cats, selector)]
-
-    assert names("*") == ["brand-github", "home", "brand-x", "github-logo"]
-    assert names("category:Brand") == ["home", "brand-x"]
-    assert names("name:^brand-") == ["brand-github", "brand-x"]
-    assert names("name:-logo$") == ["github-logo"]
-    with pytest.raises(ValueError, match="no category 'Logos'"):
-        lg.select_brand_icons(icons, cats, "category:Logos")
-    with pytest.raises(ValueError, match="expected"):
-        lg.select_brand_icons(icons, cats, "all")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Rendering
-
-SQUARE = '<path fill="currentColor" d="M4 8h8v8H4z"/>'  # an 8x8 square, off-centre in a 24x24 box
-
-
-def test_render_icon_current_colour_white_background_fitted():
-    image = lg.render_icon(_icon("sq", SQUARE))
-    assert image.shape == (224, 224, 3) and image.dtype == np.uint8
-    dark = image.min(axis=-1) < 128
-    ys, xs = np.nonzero(dark)
-    # currentColor is drawn black (grey only where an edge cuts a pixel), everything else is white
-    assert image[112, 112].tolist() == [0, 0, 0] and image[0, 0].tolist() == [255, 255, 255]
-    assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
-    assert (image[dark] < 10).mean() > 0.97 and (image[~dark] > 245).mean() > 0.97
-    # the content is fitted and centred, with the margin left around it (+-2 px of anti-aliasing)
-    margin = lg.MARGIN * 224
-    assert abs(xs.min() - margin) <= 3 and abs(223 - xs.max() - margin) <= 3
-    assert abs(ys.min() - margin) <= 3 and abs(223 - ys.max() - margin) <= 3
-
-
-def test_render_icon_keeps_aspect_and_colour():
-    wide = _icon("wide", '<path fill="#ff0000" d="M0 10h24v4H0z"/>')  # 24 x 4 bar
-    image = lg.render_icon(wide)
-    red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
-    ys, xs = np.nonzero(red)
-    width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    assert width / height == pytest.approx(6.0, rel=0.1)
-    assert abs((ys.min() + ys.max()) / 2 - 111.5) <= 2  # centred vertically
-
-
-def test_render_icon_clips_to_own_box():
-    # content touching the right edge: the view (content plus margin) reaches past the icon's box, where a
-    # second rectangle lies that the icon's own box clips away
-    edge = '<path fill="#000" d="M16 8h8v8h-8z"/>'
-    icon = _icon("clip", edge + '<path fill="#000" d="M24 4h6v16h-6z"/>')
-    alone, clipped = lg.render_icon(_icon("edge", edge)), lg.render_icon(icon)
-    right = np.nonzero(alone.min(axis=(0, 2)) < 250)[0].max()  # the last column the square reaches
-    assert right < 215
-    assert (clipped[:, right + 2 :] == 255).all()  # nothing beyond the box (one column of anti-aliasing aside)
-    np.testing.assert_array_equal(clipped[:, : right - 1], alone[:, : right - 1])
-
-
-def test_render_icon_blank_is_none():
-    assert lg.render_icon(_icon("empty", "<g/>")) is None
-    assert lg.render_icon(_icon("white", '<path fill="#fff" d="M0 0h24v24H0z"/>')) is None
-
-
-def test_icon_svg_replaces_current_colour():
-    svg = iconify.icon_svg(_icon("sq", SQUARE), 64)
-    assert "currentColor" not in svg and 'fill="#000"' in svg and 'width="64"' in svg
-
-
-def test_ink_thumbnail_and_distance():
-    white = np.full((224, 224, 3), 255, np.uint8)
-    black = np.zeros_like(white)
-    assert lg.ink_thumbnail(white).shape == (32, 32)
-    assert lg.thumbnail_distance(lg.ink_thumbnail(white), lg.ink_thumbnail(black)) == pytest.approx(1.0)
-    half = white.copy()
-    half[:, :112] = 0
-    assert lg.thumbnail_distance(lg.ink_thumbnail(half), lg.ink_thumbnail(white)) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="divisible"):
-        lg.ink_thumbnail(np.zeros((100, 100, 3), np.uint8))
-
-
-def _a_font() -> str | None:
-    fonts = lg.find_fonts()
-    return next((p for p, _ in fonts if "DejaVuSans.ttf" in p), fonts[0][0] if fonts else None)
-
-
-def test_render_text_mark():
-    font = _a_font()
-    if font is None:
-        pytest.skip("no Latin font of FONT_FILES installed (run scripts/setup_logobench.sh)")
-    words = ["house", "river", "stone"]
-    marks = [lg.sample_text_mark(np.random.default_rng([0, i]), words, [font]) for i in range(20)]
-    assert marks == [lg.sample_text_mark(np.random.default_rng([0, i]), words, [font]) for i in range(20)]
-    assert {m.style for m in marks} >= {"plain"}
-    for mark in marks[:6]:
-        image = lg.render_text_mark(mark)
-        assert image.shape == (224, 224, 3) and image.dtype == np.uint8
-        assert image[0, 0].tolist() == [255, 255, 255]
-        assert not lg.is_blank(image)
-    plain = lg.TextMark("Stone", font, (200, 0, 0), "plain", 1.0)
-    image = lg.render_text_mark(plain)
-    inked = np.nonzero(image.min(axis=-1) < 200)
-    assert (image[inked][:, 0] > image[inked][:, 1]).all()  # drawn in its colour
-    assert abs(inked[1].min() - (223 - inked[1].max())) <= 3  # centred
-
-
-def test_find_fonts_keeps_latin_text_fonts_only():
-    fonts = lg.find_fonts()
-    if not fonts:
-        pytest.skip("no font of FONT_FILES installed (run scripts/setup_logobench.sh)")
-    names = [pathlib.Path(p).name for p, _ in fonts]
-    assert not any("Symbol" in n or "Math" in n for n in names)
-    assert all(lic for _, lic in fonts)
-
-
-def test_read_words(tmp_path):
-    words = tmp_path / "words"
-    words.write_text("House\nhouse\nrivers\nriver's\ngithubber\ncat\nab\nextraordinary\nhub\ncrap\ntherapist\n")
-    assert lg.read_words(words, ["github"]) == ["cat", "house", "rivers"]
-    with pytest.raises(FileNotFoundError, match="wamerican"):
-        lg.read_words(tmp_path / "missing")
-
-
-def test_is_offensive():
-    assert lg.is_offensive("crap") and lg.is_offensive("crappy")
-    assert lg.is_offensive("therapist")  # contains a blocked stem: dropped too
-    assert not lg.is_offensive("house") and not lg.is_offensive("cocktail")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Groups
-
-
-def _cand(uid, brand, family, *, body=None, pixels=None, thumb=None, set_=None):
-    rng = np.random.default_rng(zlib.crc32(uid.encode()))
-    return lg.Candidate(
-        uid=uid,
-        brand=brand,
-        family=family,
-        set=set_ or family,
-        body_hash=body or f"b-{uid}",
-        pixel_hash=pixels or f"p-{uid}",
-        thumbnail=rng.random((32, 32)).astype(np.float32) if thumb is None else thumb,
-    )
-
-
-def test_form_groups_sizes_and_families():
-    cands = [_cand(f"f{f}:a{i}", "alpha", f"f{f}") for f in range(5) for i in range(3)]  # 15 marks, 5 families
-    cands += [_cand(f"f{f}:b", "beta", f"f{f}") for f in range(2)]  # 2 families only
-    groups, failures = lg.form_groups(cands, ["alpha", "beta", "gamma"], seed=0, min_size=4, max_size=6, min_families=3)
-    assert [g.brand for g in groups] == ["alpha"]
-    (alpha,) = groups
-    assert len(alpha.members) == 6
-    # round-robin over families: 5 families, so the first 5 members are one per family
-    assert alpha.families == 5 and len({m.split(":")[0] for m in alpha.members[:5]}) == 5
-    assert set(failures) == {"beta", "gamma"}
-    assert "2 families" in failures["beta"] and "need 4 from 3" in failures["beta"]
-    assert "no icon" in failures["gamma"]
-
-
-def test_form_groups_is_deterministic_by_seed():
-    cands = [_cand(f"f{f}:a{i}", "alpha", f"f{f}") for f in range(6) for i in range(4)]
-
-    def run(seed, cands=cands, brands=("alpha",)):
-        return lg.form_groups(cands, brands, seed=seed, min_size=3, max_size=8, min_families=3)[0][0].members
-
-    assert run(0) == run(0)
-    assert run(0) == run(0, cands=cands[::-1])  # the input order does not matter
-    assert any(run(s) != run(0) for s in range(1, 5))
-    assert run(0, brands=("zeta", "alpha")) == run(0)  # nor do the other brands listed
-
-
-@pytest.mark.parametrize(
-    "second, kept",
-    [
-        ({"body": "b-a:1"}, 1),  # the same SVG body
-        ({"pixels": "p-a:1"}, 1),  # the same pixels
-        ({"thumb": "near"}, 1),  # a near copy
-        ({"thumb": "far"}, 2),  # another drawing
-    ],
-)
-def test_form_groups_drops_exact_and_near_copies(second, kept):
-    base = np.random.default_rng(0).random((32, 32)).astype(np.float32) * 0.5
-    thumbs = {"near": base + 0.9 * lg.NEAR_COPY_DISTANCE, "far": base + 1.1 * lg.NEAR_COPY_DISTANCE, None: None}
-    first = _cand("a:1", "alpha", "a", thumb=base)
-    other = _cand("b:1", "alpha", "b", **{**second, "thumb": thumbs[second.get("thumb")]})
-    groups, _ = lg.form_groups([first, other], ["alpha"], seed=0, min_size=1, max_size=5, min_families=1)
-    assert len(groups[0].members) == kept
-    groups, failures = lg.form_groups([first, other], ["alpha"], seed=0, min_size=2, max_size=5, min_families=1)
-    assert bool(groups) == (kept == 2)
-    if kept == 1:
-        assert "1 distinct marks" in failures["alpha"] and "1 copies" in failures["alpha"]
-
-
-def test_form_groups_counts_families_not_sets():
-    # three sets by one designer are one family
-    cands = [_cand(f"fa{v}:a", "alpha", "Dave", set_=f"fa{v}") for v in range(3)] + [_cand("x:a", "alpha", "X")]
-    groups, failures = lg.form_groups(cands, ["alpha"], seed=0, min_size=4, max_size=4, min_families=3)
-    assert not groups and "2 families" in failures["alpha"]
-    groups, _ = lg.form_groups(cands, ["alpha"], seed=0, min_size=4, max_size=4, min_families=2)
-    assert groups[0].sets == 4 and groups[0].families == 2
-
-
-def test_form_groups_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="min_size <= max_size"):
-        lg.form_groups([], ["a"], seed=0, min_size=5, max_size=4)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# A synthetic @iconify/json package
-
-
-def _blocks(seed: int) -> str:
-    """A drawing of three random rectangles in a 24x24 box: different seeds give different marks."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for _ in range(3):
-        x, y = rng.integers(0, 14, 2)
-        w, h = rng.integers(3, 10, 2)
-        parts.append(f"M{x} {y}h{w}v{h}h-{w}z")
-    return f'<path fill="currentColor" d="{"".join(parts)}"/>'
-
-
-def _write_package(root: pathlib.Path, sets: dict[str, dict], version: str = iconify.ICONIFY_VERSION) -> pathlib.Path:
-    """sets: prefix -> {"author", "licence", "icons": {name: body}, "categories"?}."""
-    (root / "json").mkdir(parents=True)
-    (root / "package.json").write_text(json.dumps({"name": "@iconify/json", "version": version}))
-    collections_ = {}
-    for prefix, spec in sets.items():
-        collections_[prefix] = {
-            "name": prefix.title(),
-            "author": {"name": spec["author"]},
-            "license": {"title": spec["licence"], "spdx": spec["licence"]},
-            "category": "Logos",
-        }
-        data = {
-            "prefix": prefix,
-            "width": 24,
-            "height": 24,
-            "icons": {n: {"body": b} for n, b in spec["icons"].items()},
-        }
-        if "categories" in spec:
-            data["categories"] = spec["categories"]
-        (root / "json" / f"{prefix}.json").write_text(json.dumps(data))
-    (root / "collections.json").write_text(json.dumps(collections_))
-    return root
-
-
-def _synthetic_sets() -> dict[str, dict]:
-    """alpha in 6 families (7 sets), beta in 2, plus distractors; one hidden icon, one non-commercial set."""
-    sets = {}
-    whole = ["logos", "simple-icons", "bxl", "devicon", "skill-icons", "fa6-brands", "fa7-brands"]
-    authors = ["Gil", "Simple", "Box", "Konpa", "Skill", "Dave", "Dave"]
-    for k, (prefix, author) in enumerate(zip(whole, authors)):
-        icons = {"alpha": _blocks(100 + k), f"other{k}": _blocks(200 + k), f"alpha-tools{k}": _blocks(300 + k)}
-        if k < 2:
-            icons[f"beta-{['fill', 'line'][k]}"] = _blocks(400 + k)
-        if k == 0:
-            icons["alpha-wordmark"] = _blocks(500)
-            icons["white"] = '<path fill="#fff" d="M0 0h24v24H0z"/>'
-        sets[prefix] = {"author": author, "licence": "MIT", "icons": icons}
-    sets["logos"]["icons"]["alpha-copy"] = sets["logos"]["icons"]["alpha"]  # exact copy within a set
-    sets["tabler"] = {
-        "author": "Tabler",
-        "licence": "MIT",
-        "icons": {"brand-alpha": _blocks(600), "home": _blocks(601)},
-    }
-    sets["cbi"] = {
-        "author": "Cbi",
-        "licence": "CC-BY-NC-SA-4.0",
-        "icons": {"alpha": _blocks(700), "gizmo": _blocks(701)},
-    }
-    return sets
-
-
-def test_iconify_reading(tmp_path):
-    root = _write_package(tmp_path / "pkg", _synthetic_sets())
-    data = json.loads((root / "json" / "logos.json").read_text())
-    data["icons"]["hidden-one"] = {"body": _blocks(1), "hidden": True}
-    (root / "json" / "logos.json").write_text(json.dumps(data))
-    assert iconify.package_version(root) == iconify.ICONIFY_VERSION
-    sets = iconify.read_collections(root)
-    assert sets["cbi"].licence == "CC-BY-NC-SA-4.0" and not sets["cbi"].commercial
-    assert sets["logos"].commercial and sets["fa6-brands"].author == "Dave"
-    icons, categories = iconify.read_icons(root, "logos")
-    assert "hidden-one" not in {i.name for i in icons} and categories == {}
-    assert icons[0].width == 24 and icons[0].left == 0
-    with pytest.raises(FileNotFoundError, match="setup_logobench"):
-        iconify.package_version(tmp_path / "nowhere")
-
-
-def test_read_logo_icons(tmp_path):
-    root = _write_package(tmp_path / "pkg", _synthetic_sets())
-    logos, summary = lg.read_logo_icons(root)
-    by_uid = {l.uid: l for l in logos}
-    assert "tabler:home" not in by_uid and by_uid["tabler:brand-alpha"].key == "alpha"
-    assert not by_uid["logos:alpha-wordmark"].group_eligible and by_uid["logos:alpha"].group_eligible
-    assert by_uid["fa6-brands:alpha"].family == "Dave"
-    assert summary["mdi"]["skipped"] == "not in this package" and summary["logos"]["icons"] == 7
-    logos, summary = lg.read_logo_icons(root, commercial_only=True)
-    assert not any(l.icon.prefix == "cbi" for l in logos) and summary["cbi"]["skipped"] == "non-commercial licence"
-    bad = _write_package(tmp_path / "old", {}, version="2.2.1")
-    with pytest.raises(ValueError, match="expected 2.2.535"):
-        lg.read_logo_icons(bad)
-
-
-def test_build_and_read_back(tmp_path):
+def test_build_and_read_back(tmp_path, iconify_package, latin_font):
     tfds = pytest.importorskip("tensorflow_datasets")
-    root = _write_package(tmp_path / "pkg", _synthetic_sets())
+    root = iconify_package
     words = tmp_path / "words"
     words.write_text("house\nriver\nstone\nalphabet\n")
-    font = _a_font()
     font_root = tmp_path / "fonts"
-    if font is not None:  # one installed font, laid out as FONT_FILES expects
+    if latin_font is not None:  # one installed font, laid out as FONT_FILES expects
         (font_root / "truetype" / "dejavu").mkdir(parents=True)
-        (font_root / "truetype" / "dejavu" / "Test.ttf").write_bytes(pathlib.Path(font).read_bytes())
-    texts = 3 if font else 0
+        (font_root / "truetype" / "dejavu" / "Test.ttf").write_bytes(pathlib.Path(latin_font).read_bytes())
+    texts = 3 if latin_font else 0
     config = lg.LogoGroupsConfig(
         name="tiny",
         brands=("alpha", "beta", "gamma"),
@@ -468,51 +45,43 @@ def test_build_and_read_back(tmp_path):
         max_group_size=6,
         min_group_families=5,
     )
-    plan = lg.plan_benchmark(config, root, font_roots=[font_root], words_file=words)
-    assert plan.words == (["house", "river", "stone"] if font else [])  # "alphabet" is related to alpha
+    plan = lm.plan_benchmark(config, root, font_roots=[font_root], words_file=words)
+    assert plan.words == (["house", "river", "stone"] if latin_font else [])  # "alphabet" is related to alpha
     data_dir = tmp_path / "tfds"
-    lg.build_logo_groups(config, data_dir, iconify_dir=root, font_roots=[font_root], words_file=words, num_workers=1)
+    built = lg.build_logo_groups(
+        config, data_dir, iconify_dir=root, font_roots=[font_root], words_file=words, num_workers=1
+    )
 
-    bench = lg.load_logo_groups("tiny", data_dir)
-    queries = bench.query_indices
-    assert len(queries) == 6 and (bench.groups[queries] == 0).all() and (bench.brands[queries] == "alpha").all()
-    assert len(set(bench.sets[queries])) == 6  # 6 families: one set each
-    assert "logos:alpha-wordmark" not in bench.ids  # same brand: neither query nor distractor
-    assert not any("alpha-tools" in i for i in bench.ids)  # related to a group brand: not a distractor
-    assert "logos:white" not in bench.ids  # blank on white
-    gallery = bench.groups == -1
-    assert set(bench.kinds[gallery]) == ({"logo", "text"} if font else {"logo"})
-    assert (bench.kinds == "text").sum() == texts
-    assert "tabler:home" not in bench.ids  # not a brand icon
-    assert "cbi:gizmo" in bench.ids and not bench.commercial[list(bench.ids).index("cbi:gizmo")]
-    assert "logos:beta-fill" in bench.ids  # beta formed no group: its icons are distractors
-    images = bench.images[np.arange(len(bench.ids))]
-    assert images.shape == (len(bench.ids), 224, 224, 3) and images.dtype == np.uint8
-    np.testing.assert_array_equal(bench.images[0], images[0])
-    meta = bench.metadata
+    bench = load_benchmark("logo_groups/tiny", data_dir=data_dir)
+    records = [bench.record(row) for row in range(len(bench))]
+    ids, kinds, sets = _column(records, "id"), _column(records, "kind"), _column(records, "set")
+    queries = bench.query_rows
+    assert bench.num_queries == 6 and (bench.groups[queries] == 0).all()
+    assert (_column(records, "brand")[queries] == "alpha").all()
+    assert (_column(records, "group")[bench.num_queries :] == -1).all()
+    assert len(set(sets[queries])) == 6  # 6 families: one set each
+    assert "logos:alpha-wordmark" not in ids  # same brand: neither query nor distractor
+    assert not any("alpha-tools" in i for i in ids)  # related to a group brand: not a distractor
+    assert "logos:white" not in ids  # blank on white
+    assert set(kinds[bench.num_queries :]) == ({"logo", "text"} if latin_font else {"logo"})
+    assert (kinds == "text").sum() == texts
+    assert "tabler:home" not in ids  # not a brand icon
+    assert "cbi:gizmo" in ids and not _column(records, "commercial")[list(ids).index("cbi:gizmo")]
+    assert "logos:beta-fill" in ids  # beta formed no group: its icons are distractors
+    images = np.stack([bench.image(row) for row in range(len(bench))])
+    assert images.shape == (len(bench), 224, 224, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[0], lm.decode_png(bench.queries_fields[0]["image"]))  # the PNG as stored
+    meta = tfds.builder_from_directory(str(built)).info.metadata
     assert meta["iconify_version"] == iconify.ICONIFY_VERSION
     assert meta["groups"][0]["brand"] == "alpha" and set(meta["failed_brands"]) == {"beta", "gamma"}
     assert meta["counts"]["queries"] == 6 and meta["counts"]["gallery_dropped_blank"] == 1
     assert meta["config"]["seed"] == 0
 
-    # plain tfds, no TensorFlow
-    source = tfds.data_source("logo_groups/tiny", data_dir=data_dir)
-    record = source["queries"][0]
-    assert record["image"].shape == (224, 224, 3) and record["group"] == 0
-
     # deterministic: planning again gives the same groups and distractor order
-    again = lg.plan_benchmark(config, root, font_roots=[font_root], words_file=words)
+    again = lm.plan_benchmark(config, root, font_roots=[font_root], words_file=words)
     assert again.groups == plan.groups and [l.uid for l in again.logo_pool] == [l.uid for l in plan.logo_pool]
 
 
-def test_load_missing_build_names_the_build_call(tmp_path):
+def test_reading_a_missing_build_names_the_build_call(tmp_path):
     with pytest.raises(FileNotFoundError, match="build_logo_groups"):
-        lg.load_logo_groups("small", tmp_path)
-
-
-def test_imap_keeps_order_on_processes_and_stops_early():
-    items = [f"w{i}" for i in range(40)]
-    assert list(lg._imap(lg._digest, items, 2, chunk=4)) == [lg._digest(w) for w in items]
-    run = lg._imap(lg._digest, items, 2, chunk=4)
-    assert [next(run) for _ in range(5)] == [lg._digest(w) for w in items[:5]]
-    run.close()  # shuts the processes down
+        load_benchmark("logo_groups/small", data_dir=tmp_path)

@@ -41,27 +41,26 @@ and listed in the metadata (`gallery_copies_of_queries`): with such copies prese
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import hashlib
 import io
 import logging
-import multiprocessing
 import os
 import pathlib
 import re
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from tmrjax.data.images import IMAGE_EXTENSIONS, ImageError, list_images, load_image
+from tmrjax.data.pool import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -284,27 +283,6 @@ def _load_job(path: str, copies_of: frozenset[str] = frozenset()) -> tuple[str, 
         return "skip", f"unexpected {type(e).__name__}: {e}"
 
 
-def _run_chunk(fn: Callable, items: Sequence) -> list:
-    return [fn(x) for x in items]
-
-
-def _ordered_map(fn: Callable, items: Sequence, workers: int, chunk: int = 64) -> Iterator:
-    """fn over items in order, on `workers` spawned processes (in this one when workers <= 1), with at most
-    2 * workers chunks in flight so that results never pile up in memory."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        pending: collections.deque = collections.deque()
-        for start in range(0, len(items), chunk):
-            pending.append(pool.submit(_run_chunk, fn, items[start : start + chunk]))
-            if len(pending) >= 2 * workers:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The TFDS builder
 
@@ -403,7 +381,8 @@ class MetuTrademark(tfds.core.GeneratorBasedBuilder):
         written, skipped, copies = 0, [], []
         groups = set()
         paths = [str(folder / rel) for rel, _ in items]
-        for (rel, group), (status, value) in zip(items, _ordered_map(job, paths, self._num_workers)):
+        decoded = ordered_map(job, paths, workers=self._num_workers, processes=True, chunk=64)
+        for (rel, group), (_, (status, value)) in zip(items, decoded):
             if status == "ok":
                 written += 1
                 groups.add(group)
