@@ -53,7 +53,8 @@ def bench_pipeline(name: str, batch_sizes: list[int], dtype, args, load: harness
     from tmrjax.pipeline import Pipeline
 
     pipe = Pipeline.create(name, dtype=dtype)
-    stand_in = harness.stand_in_artefacts(pipe) is not None
+    pipe, arts = harness.stand_in_artefacts(pipe)
+    stand_in = arts is not None
     results = []
     for batch in batch_sizes:
         images = harness.random_images(pipe.resolutions, batch)

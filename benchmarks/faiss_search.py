@@ -2,7 +2,7 @@
 
 For each gallery size: random unit vectors (dim 256, as the PCA-whitened pipelines give),
 417 queries (the METU query set's size), k = 100. Each index kind is built with
-`tmrjax.index.GalleryIndex` and the library's default parameters (`tmrjax.index.INDEX_KINDS`),
+`tmrjax.index.GalleryIndex` and the library's default parameters (`tmrjax.index_kinds.INDEX_KINDS`),
 searched with all queries in one call, and compared with the exact (flat) top-k:
 recall@k = |approximate top-k ∩ exact top-k| / k, averaged over queries. The same search
 straight on the wrapped faiss index shows what the id table adds.
@@ -67,7 +67,8 @@ def peak_rss_gb() -> float:
 
 
 def bench_kind(kind: str, gallery: np.ndarray, queries: np.ndarray, k: int, repeats: int, exact_ids) -> dict:
-    from tmrjax.index import INDEX_KINDS, PIPELINE_HASH_KEY, GalleryIndex
+    from tmrjax.index import PIPELINE_HASH_KEY, GalleryIndex
+    from tmrjax.index_kinds import INDEX_KINDS
 
     n, dim = gallery.shape
     ids = [f"{i:07d}.png" for i in range(n)]
@@ -91,7 +92,7 @@ def bench_kind(kind: str, gallery: np.ndarray, queries: np.ndarray, k: int, repe
         recall = float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(found, exact_ids)]))
     return {
         "kind": kind,
-        "params": INDEX_KINDS[kind],
+        "params": INDEX_KINDS[kind].defaults,
         "n": n,
         "build_s": build_s,
         "search_s": search_s,

@@ -198,8 +198,8 @@ def reference_build(gallery: Path, out: Path, queries: list[Path], checkpoint_ev
 def add_deltas(index_dir: Path, extra: Path, seeds: list[int]) -> None:
     """Add the marks of `seeds` (drawn under `extra`) to the committed index in `index_dir` in two
     checkpoints, so that it has a generation and two deltas, as a killed run leaves it."""
+    from tmrjax import embed
     from tmrjax.gallery import pipeline_of_index
-    from tmrjax.pipeline import embed
 
     index = GalleryIndex.open(str(index_dir))
     pipeline = pipeline_of_index(index)

@@ -6,6 +6,7 @@ sys.path). Nothing here is part of the library.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -47,15 +48,12 @@ def random_images(resolutions: Sequence[int], batch: int, seed: int = 0) -> list
 
 
 def stand_in_artefacts(pipeline, seed: int = 0):
-    """Random Artefacts with the shapes `tmrjax fit` would produce for `pipeline`'s config.
-
-    Installed on the pipeline (``pipeline.__post_init__()`` moves them to the device); returns
-    them so a reference implementation can use the very same arrays. None when nothing is fitted.
-    """
+    """(`pipeline` with random Artefacts of the shapes `tmrjax fit` would produce, those artefacts),
+    so a reference implementation can use the very same arrays; artefacts None when nothing is fitted."""
     from tmrjax.pipeline import Artefacts, needs_fit
 
     if not needs_fit(pipeline.config):
-        return None
+        return pipeline, None
     e = pipeline.config.embed
     rng = np.random.default_rng(seed)
     raw, dim = pipeline.raw_dim, e.pca_whitening_dim
@@ -65,12 +63,12 @@ def stand_in_artefacts(pipeline, seed: int = 0):
     )
     if e.attention == "idf":
         centroids = rng.standard_normal((e.codebook_size, dim))
-        arts.centroids = (centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).astype(np.float32)
-        arts.idf = (1.0 + rng.uniform(0.0, np.log(30001.0), e.codebook_size)).astype(np.float32)
-    pipeline.artefacts = arts
-    pipeline.__post_init__()
+        arts = dataclasses.replace(
+            arts, centroids=(centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).astype(np.float32),
+            idf=(1.0 + rng.uniform(0.0, np.log(30001.0), e.codebook_size)).astype(np.float32))
+    pipeline = pipeline.with_artefacts(arts)
     pipeline.check_artefacts()
-    return arts
+    return pipeline, arts
 
 
 class LoadMonitor:

@@ -256,7 +256,7 @@ def make_pair(name: str, backbones: Backbones, jax_dtype, torch_dtype, device):
     config = load_config(name)
     model, converted = backbones.get(config.backbone.arch)
     pipe = Pipeline.create(config, weights=converted, dtype=jax_dtype)
-    arts = harness.stand_in_artefacts(pipe)
+    pipe, arts = harness.stand_in_artefacts(pipe)
     twin = TorchPipeline(config, truncate(model, config.backbone.arch, config.backbone.tap), arts, device, torch_dtype)
     return pipe, twin
 

@@ -7,6 +7,8 @@ only say how to compute them.
 
 from ml_collections import ConfigDict
 
+from ..index_kinds import config_defaults
+
 
 def retrieval_config() -> ConfigDict:
     c = ConfigDict()
@@ -40,15 +42,8 @@ def retrieval_config() -> ConfigDict:
     c.fit.kmeans_iterations = 20
     c.fit.seed = 0
 
-    c.index = ConfigDict()
-    c.index.kind = "flat"  # flat | ivfpq | hnsw
-    c.index.nlist = 1024
-    c.index.m = 32
-    c.index.nbits = 8
-    c.index.nprobe = 16
-    c.index.hnsw_m = 32
-    c.index.ef_construction = 200
-    c.index.ef_search = 128
+    # kind (flat | ivfpq | hnsw) and every kind's parameters (nlist, ..., ef_search): tmrjax/index_kinds.py
+    c.index = ConfigDict(config_defaults())
 
     c.batch_size = 16
     return c

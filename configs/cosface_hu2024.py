@@ -13,13 +13,11 @@ other groups.
 
 from ml_collections import ConfigDict
 
-from . import moco_hu2024
+from .moco_hu2024 import hu2024_training
 
 
 def get_config():
-    c = moco_hu2024.get_config()
-    c.name = "cosface_hu2024"
-    c.objective = "cosface"
+    c = hu2024_training("cosface_hu2024", objective="cosface")
     c.data.source = ""  # required: a labelled folder-per-class tree or tfds split
     c.cosface = ConfigDict()
     c.cosface.scale = 64.0

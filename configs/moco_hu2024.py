@@ -12,8 +12,26 @@ from ml_collections import ConfigDict
 
 
 def get_config() -> ConfigDict:
+    c = hu2024_training("moco_hu2024", objective="moco")
+    c.moco = ConfigDict()
+    c.moco.queue_size = 65536
+    c.moco.momentum = 0.999
+    c.moco.temperature = 0.2
+    c.moco.co2_temperature = 0.2
+    c.moco.hard_negative_threshold = 0.4
+    c.moco.min_negatives = 0  # the paper sets no floor
+    c.moco.co2_weight = 0.02
+    c.moco.koleo_weight = 0.05
+    return c
+
+
+def hu2024_training(name: str, objective: str) -> ConfigDict:
+    """What every hu2024 training run sets, whatever its objective: data, augmentation, encoder,
+    optimiser and schedule, checkpoints and evaluation. The objective's own section is added by
+    its config (``moco`` here, ``cosface`` in cosface_hu2024)."""
     c = ConfigDict()
-    c.name = "moco_hu2024"
+    c.name = name
+    c.objective = objective  # tmrjax.train.trainer.OBJECTIVES
     c.seed = 0
 
     c.data = ConfigDict()
@@ -38,17 +56,6 @@ def get_config() -> ConfigDict:
     # or an encoder exported by `tmrjax train --export`, e.g. the CosFace pre-training
     # (configs/cosface_hu2024.py) that hu2024 Sec. 4.2 runs before MoCo
     c.init_encoder = ""
-    c.objective = "moco"
-
-    c.moco = ConfigDict()
-    c.moco.queue_size = 65536
-    c.moco.momentum = 0.999
-    c.moco.temperature = 0.2
-    c.moco.co2_temperature = 0.2
-    c.moco.hard_negative_threshold = 0.4
-    c.moco.min_negatives = 0  # the paper sets no floor
-    c.moco.co2_weight = 0.02
-    c.moco.koleo_weight = 0.05
 
     c.optim = ConfigDict()
     c.optim.learning_rate = 2.5e-4

@@ -1,10 +1,11 @@
 """Pure, jit/vmap-compiled array kernels (installed as ``tmrjax.kernels``).
 
 Feature maps are NHWC, (..., H, W, C); kernels accumulate in float32 and depend on
-jax and numpy only.
+jax and numpy only. No name here is also a submodule's: the CRoW feature is
+``tmrjax.kernels.crow.crow``, so ``tmrjax.kernels.crow`` stays the module.
 """
 
-from .crow import crow, crow_channel_weights, crow_spatial_weights
+from .crow import crow_channel_weights, crow_spatial_weights
 from .idf import assign_words, document_frequency, idf_from_document_frequency, idf_weights
 from .pooling import (
     gem,
@@ -24,7 +25,6 @@ __all__ = [
     "RegionIntervals",
     "apply_pca_whitening",
     "assign_words",
-    "crow",
     "crow_channel_weights",
     "crow_spatial_weights",
     "document_frequency",

@@ -20,7 +20,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 bash scripts/setup_logobench.sh
 python -c "from tmrjax.data.logo_groups import build_logo_groups as b; print('benchmark  ' + str(b('small')))"
 
-PIPELINES="${PIPELINES:-thumbnail,mac_lite0,rmac_lite0,mr_rsmac_ura_lite0,rmac_hed,rmac_lite0_hed}"
+PIPELINES="${PIPELINES:-thumbnail,mac_lite0,rmac_lite0,rmac_hed,rmac_lite0_hed}"
 DISTRACTORS="${DISTRACTORS:-400}"
 FIT_IMAGES="${FIT_IMAGES:-400}"
 
@@ -28,7 +28,7 @@ FIT_IMAGES="${FIT_IMAGES:-400}"
 tmrjax eval --dataset logo_groups/small --pipelines "$PIPELINES" \
   --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo
 # The same Lite0 pipelines on randomly initialised backbones: what the pretrained weights are worth.
-tmrjax eval --dataset logo_groups/small --pipelines mac_lite0,rmac_lite0,mr_rsmac_ura_lite0 --weights random \
+tmrjax eval --dataset logo_groups/small --pipelines mac_lite0,rmac_lite0 --weights random \
   --max-distractors "$DISTRACTORS" --fit-images "$FIT_IMAGES" --out runs/demo-random
 
 # The same marks as a folder, indexed with the default pipeline fitted above and searched (a re-run adds only new files).
@@ -36,6 +36,6 @@ tmrjax export --dataset logo_groups/small --out data/logo_groups_small --max-dis
 # (globs, not `ls | head`: under pipefail, ls killed by SIGPIPE would end the script silently)
 fitted=(runs/demo/cache/*/rmac_lite0_hed-*/pipeline)
 tmrjax index data/logo_groups_small --pipeline "${fitted[0]}" --out runs/demo/index
-queries=(data/logo_groups_small/queries/*.png)
+queries=(data/logo_groups_small/queries/*/*.png)
 tmrjax search runs/demo/index "${queries[0]}" -k 10
 echo "demo done: tables in runs/demo/results.txt and runs/demo-random/results.txt, report runs/demo/report/index.html, index runs/demo/index"

@@ -268,7 +268,7 @@ def small_fitted(fast_random_init, tmp_path_factory):
 
 def tiny_benchmark(draw_mark):
     """3 groups of 3 (one mark drawn at three sizes) + 6 distractors, as tfds-like records."""
-    from tmrjax.evaluation import Benchmark
+    from tmrjax.data.sources import Benchmark
 
     queries, gallery = [], []
     for group in range(3):
@@ -277,7 +277,7 @@ def tiny_benchmark(draw_mark):
             queries.append({"image": image, "id": f"g{group}-{member}".encode(), "group": group})
     for i in range(6):
         gallery.append({"image": np.asarray(draw_mark(100 + i).convert("RGB")), "id": f"d{i}".encode(), "group": -1})
-    return Benchmark("tiny/bench", queries, gallery, np.arange(len(gallery)))
+    return Benchmark.from_records("tiny/bench", queries, gallery)
 
 
 @pytest.fixture
@@ -287,8 +287,8 @@ def bench():
 
 @pytest.fixture
 def fake_benchmark(monkeypatch, bench):
-    """`bench`, returned by `tmrjax.evaluation.load_benchmark` whatever it is asked for."""
+    """`bench`, returned by `tmrjax.evaluation.open_benchmark` whatever it is asked for."""
     import tmrjax.evaluation
 
-    monkeypatch.setattr(tmrjax.evaluation, "load_benchmark", lambda *a, **k: bench)
+    monkeypatch.setattr(tmrjax.evaluation, "open_benchmark", lambda *a, **k: bench)
     return bench

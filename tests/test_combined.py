@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from tmrjax.configs.common import combined_config
 
+from tmrjax import embed
 from tmrjax.fileio import StoredFileError
-from tmrjax.pipeline import CombinedPipeline, Pipeline, PipelineError, config_hash, embed
+from tmrjax.pipeline import CombinedPipeline, Pipeline, PipelineError, config_hash
 
 pytestmark = pytest.mark.usefixtures("fast_random_init")
 

@@ -48,17 +48,16 @@ def test_benchmark_rows_groups_and_relevance(bench):
     assert bench.groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] + [-1] * 6
     assert [r.tolist() for r in bench.relevant][:4] == [[0, 1, 2], [0, 1, 2], [0, 1, 2], [3, 4, 5]]
     assert bench.id(9) == "d0" and bench.image(0).shape == (96, 96, 3)
-    assert bench.images_at(32).shape == (15, 32, 32, 3)
+    assert bench.gallery().ids == [f"d{i}" for i in range(6)]
 
 
 def test_shared_backbone_passes_give_the_same_vectors_as_embed(configs_dir, bench):
-    a = Pipeline.create(str(configs_dir / "tiny_rmac.py"))
-    a.config.embed.pca_whitening_dim = 0  # no fit needed for this comparison
-    a.__post_init__()
-    b = Pipeline.create(str(configs_dir / "tiny_rmac.py"))
-    b.config.embed.pca_whitening_dim = 0
-    b.config.embed.pooling = "smac"
-    b.__post_init__()
+    config = evaluation.load_config(str(configs_dir / "tiny_rmac.py"))
+    config.embed.pca_whitening_dim = 0  # no fit needed for this comparison
+    a = Pipeline.create(config)
+    config = config.copy_and_resolve_references()
+    config.embed.pooling = "smac"
+    b = Pipeline.create(config)
     assert a.backbone_key == b.backbone_key
     shared = embed_benchmark(bench, [a, b], progress=False)
     images = [bench.image(r) for r in range(len(bench))]
@@ -120,13 +119,28 @@ def test_hu2024_protocol_is_reported_as_such(configs_dir, fake_benchmark, tmp_pa
     assert "protocol: hu2024" in format_table(rows, "tiny/bench")
 
 
-def test_export_writes_queries_and_gallery_as_a_folder(tmp_path, bench):
+def test_export_writes_the_labelled_folder_layout(tmp_path, bench):
     out = export_benchmark(bench, tmp_path / "marks")
-    queries = sorted(p.name for p in (out / "queries").iterdir())
+    queries = sorted(str(p.relative_to(out / "queries")) for p in (out / "queries").rglob("*.png"))
     gallery = sorted(p.name for p in (out / "gallery").iterdir())
-    assert queries[:3] == ["000-g0-0.png", "000-g0-1.png", "000-g0-2.png"] and len(queries) == 9
+    assert queries[:3] == ["000/g0-0.png", "000/g0-1.png", "000/g0-2.png"] and len(queries) == 9
     assert gallery == [f"d{i}.png" for i in range(6)]
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "queries" / "000-g0-1.png")), bench.image(1))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "queries" / "000" / "g0-1.png")), bench.image(1))
+
+
+def test_a_labelled_folder_evaluates_like_the_benchmark_it_was_exported_from(configs_dir, bench, tmp_path,
+                                                                              monkeypatch):
+    """`--dataset folder:PATH` on an export: the same database order, groups, vectors and table."""
+    folder = export_benchmark(bench, tmp_path / "marks")
+    names = [str(configs_dir / f"{n}.py") for n in TINY_CONFIGS]
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation, "open_benchmark", lambda *a, **k: bench)
+        expected, _ = run_eval("tiny/bench", names, tmp_path / "a", fit_images=6, progress=False, log=lambda *_: None)
+    rows, report = run_eval(f"folder:{folder}", names, tmp_path / "b", fit_images=6, progress=False,
+                            log=lambda *_: None)
+    assert [(r.method, r.dim, r.nar, r.map_at_100, r.map) for r in rows] == [
+        (r.method, r.dim, r.nar, r.map_at_100, r.map) for r in expected]
+    assert report.is_file() and "queries/000/g0-0.png" in report.read_text()
 
 
 def _converted(root, arch, seed):

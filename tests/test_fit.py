@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from tmrjax.kernels.idf import idf_from_document_frequency
 
-from tmrjax.data.images import FailureLog, iter_batches, list_images
-from tmrjax.fit import FolderImages, describe_fit, fit_pipeline, fit_pipelines, sample_ids
+from tmrjax.data.images import FailureLog, list_images
+from tmrjax.data.sources import FolderSource, iter_batches
+from tmrjax.fit import describe_fit, fit_pipeline, fit_pipelines, sample_rows
 from tmrjax.pipeline import Pipeline, PipelineError, config_hash
 from tmrjax.progress import format_duration
 
@@ -22,9 +23,8 @@ def l2(x):
 def fit_sample(ura_fitted, marks_dir):
     """Raw regional descriptors of every mark at every resolution: [(N, R, D') per resolution]."""
     pipeline, _ = ura_fitted
-    paths = list_images(marks_dir)
     per_resolution = [[] for _ in pipeline.resolutions]
-    for batch in iter_batches(paths, marks_dir, pipeline.resolutions, 4, failures=FailureLog()):
+    for batch in iter_batches(FolderSource(marks_dir), pipeline.resolutions, 4, FailureLog()):
         for out, images in zip(per_resolution, batch.images):
             out.append(np.asarray(pipeline.describe_batch(images), np.float64)[batch.valid])
     return [np.concatenate(out) for out in per_resolution]
@@ -110,7 +110,7 @@ def test_fitting_together_shares_backbone_passes_and_equals_fitting_alone(tiny_c
     assert len(passes) == 6 and [name for name, _ in passes].count("rmac_conv3") == 2
     assert [f[0] for f in failures.failures] == ["broken.png"]  # read by both groups, reported once
     info = json.loads((tmp_path / "together1" / "pipeline.json").read_text())
-    assert info["data"]["fitted_with"] == ["rmac", "rsmac", "mr_rsmac_ura"]
+    assert info["data"]["fitted_with"] == ["rmac", "rsmac", "mr_rsmac_ura", "rmac_conv3"]  # one read of the sample
 
 
 def test_fit_skips_unreadable_files_and_records_them(small_fitted):
@@ -145,12 +145,12 @@ def test_fit_refuses_a_folder_without_images(ura_fitted, tmp_path):
         fit_pipeline(ura_fitted[0], tmp_path, tmp_path / "out", progress=False)
 
 
-def test_sample_ids_is_a_seeded_subset_in_input_order(marks_dir):
-    everything = FolderImages(marks_dir).ids
+def test_sample_rows_is_a_seeded_subset_in_input_order(marks_dir):
+    everything = FolderSource(marks_dir).ids
     assert everything == list_images(marks_dir) and len(everything) == 12
-    assert sample_ids(everything, 100, seed=0) == everything
-    subset = sample_ids(everything, 5, seed=3)
-    assert len(subset) == 5 and len(set(subset)) == 5 and set(subset) <= set(everything)
-    assert subset == [i for i in everything if i in subset]  # input order
-    assert sample_ids(everything, 5, seed=3) == subset
-    assert any(sample_ids(everything, 5, seed=s) != subset for s in range(4, 8))
+    assert sample_rows(len(everything), 100, seed=0) == list(range(12))
+    subset = sample_rows(12, 5, seed=3)
+    assert len(subset) == 5 and len(set(subset)) == 5 and set(subset) <= set(range(12))
+    assert subset == sorted(subset)  # input order
+    assert sample_rows(12, 5, seed=3) == subset
+    assert any(sample_rows(12, 5, seed=s) != subset for s in range(4, 8))

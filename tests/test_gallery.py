@@ -82,16 +82,16 @@ def test_interrupted_run_keeps_its_checkpoints_and_resumes(
     pipeline = ura_fitted[0]
     root = shutil.copytree(marks_dir, tmp_path / "marks")
     out = tmp_path / "index"
-    original, calls = pipeline.embed_batch, []
+    original, calls = Pipeline.embed_features, []
 
-    def crash_on_the_third_batch(images):
-        calls.append(len(images[0]))
+    def crash_on_the_third_batch(self, maps):
+        calls.append(len(maps[0]))
         if len(calls) == 3:
             raise RuntimeError("simulated crash (power cut)")
-        return original(images)
+        return original(self, maps)
 
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "embed_batch", crash_on_the_third_batch)
+        patch.setattr(Pipeline, "embed_features", crash_on_the_third_batch)
         with pytest.raises(RuntimeError, match="simulated crash"):
             index_folder(root, pipeline, out, checkpoint_every=4, progress=False)
 

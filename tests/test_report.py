@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 import tmrjax.report as report
-from tmrjax.evaluation import Benchmark, Row
+from tmrjax.data.sources import Benchmark
+from tmrjax.evaluation import Row
 from tmrjax.metrics import evaluate
 from tmrjax.report import LABEL, PAD, THUMB, shorten, tile_origin, write_report
 
@@ -31,7 +32,7 @@ def bench(mark_factory):
                             "group": group})
     gallery = [{"image": np.asarray(draw_mark(200 + i).convert("RGB")), "id": f"d{i}".encode(), "group": -1}
                for i in range(5)]
-    return Benchmark("tiny/<report>", queries, gallery, np.arange(len(gallery)))
+    return Benchmark.from_records("tiny/<report>", queries, gallery)
 
 
 def _vectors(bench: Benchmark, seed: int) -> np.ndarray:

@@ -132,9 +132,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .evaluation import export_benchmark, load_benchmark
+    from .data.sources import open_benchmark
+    from .evaluation import export_benchmark
 
-    benchmark = load_benchmark(args.dataset, max_distractors=args.max_distractors, data_dir=args.data_dir)
+    benchmark = open_benchmark(args.dataset, max_distractors=args.max_distractors, data_dir=args.data_dir)
     out = export_benchmark(benchmark, args.out)
     print(f"exported   {len(benchmark)} marks of {args.dataset} to {out}/queries and {out}/gallery")
     return 0
@@ -237,6 +238,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .convert import SOURCES
+    from .index_kinds import INDEX_KINDS
     from .models import ARCHITECTURES
 
     parser = argparse.ArgumentParser(prog="tmrjax", description=__doc__)
@@ -269,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", required=True, help="fitted pipeline directory, or a config that needs no fitting")
     p.add_argument("--weights", help=WEIGHTS_HELP + " (default: the weights the pipeline was fitted with)")
     p.add_argument("--out", required=True, help="index directory")
-    p.add_argument("--kind", choices=["flat", "ivfpq", "hnsw"], help="index kind (default: the config's)")
+    p.add_argument("--kind", choices=list(INDEX_KINDS), help="index kind (default: the config's)")
     p.add_argument("--rebuild", action="store_true", help="discard an existing index and start again")
     p.add_argument("--checkpoint-every", type=int, default=2000, help="make progress durable every N images")
     p.add_argument("--failures-json", help="also write the skipped files and reasons to this JSON file")
@@ -287,13 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("eval", help="fit, embed and score pipelines on a benchmark; prints the papers' table")
-    p.add_argument("--dataset", required=True, help="tfds benchmark, e.g. logo_groups/small or metu_trademark")
+    p.add_argument("--dataset", required=True, help="tfds benchmark (logo_groups/small, metu_trademark) or "
+                   "folder:PATH, a labelled folder (PATH/queries/<group>/<image>, PATH/gallery/**)")
     p.add_argument("--pipelines", required=True, help="comma-separated config names, e.g. mac,rmac,mr_rsmac_ura")
     p.add_argument("--weights", action="append", metavar="DIR",
                    help="converted backbone directory; repeat for one per architecture (e.g. a ResNet50 and a "
                         "VGG16): each pipeline takes the one of its backbone, else its config's default (a shipped "
                         "backbone); 'random' initialises the others at random")
-    p.add_argument("--max-distractors", type=int, help="evaluate against a seeded subset of the gallery")
+    p.add_argument("--max-distractors", type=int, help="evaluate against N distractors: a seeded subset of a "
+                   "tfds gallery, the first N in sorted order of a folder's (so subsets are nested)")
     p.add_argument("--fit-images", type=int, help="gallery marks sampled to fit PCA-w/URA (default: config)")
     p.add_argument("--protocol", default="metu-official", choices=["metu-official", "hu2024"])
     p.add_argument("--data-dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")

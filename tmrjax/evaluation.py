@@ -1,30 +1,30 @@
-"""Benchmarks and `tmrjax eval`: fit, embed and score pipelines on a labelled dataset.
+"""`tmrjax eval`: fit, embed and score pipelines on a labelled benchmark.
 
-A benchmark is a tfds dataset with splits ``queries`` (group members, ``group`` >= 0) and
-``gallery`` (distractors, ``group`` = -1): `logo_groups` (built offline from icon sets) or
-`metu_trademark` (manual download). The database is queries + gallery (METU protocol);
-fitting (PCA-w, URA codebook) uses the gallery only, as the papers fit on unlabelled marks.
+A benchmark (`data.sources.Benchmark`) is a tfds dataset with splits ``queries`` (group
+members, ``group`` >= 0) and ``gallery`` (distractors): `logo_groups` (built offline from icon
+sets) or `metu_trademark` (manual download); or a labelled folder (``folder:PATH``). The
+database is queries + gallery (METU protocol); fitting (PCA-w, URA codebook) uses the gallery
+only, as the papers fit on unlabelled marks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from .data.images import Batch, FailureLog, assemble_batches, prepare_multi
-from .metrics import Evaluation, evaluate, group_relevance
+from .data.images import FailureLog, ImageError
+from .data.sources import Benchmark, open_benchmark
+from .metrics import Evaluation, evaluate
 from .pipeline import (
     NO_WEIGHTS,
     RANDOM_WEIGHTS,
-    CombinedPipeline,
     Pipeline,
     backbone_weights,
     config_hash,
@@ -32,111 +32,19 @@ from .pipeline import (
     load_config,
     needs_fit,
 )
-
-
-@dataclasses.dataclass
-class Benchmark:
-    """Queries + gallery of a tfds benchmark, read lazily (no TensorFlow)."""
-
-    name: str
-    queries: object  # tfds data source
-    gallery: object
-    gallery_rows: np.ndarray  # which gallery records are used (all, or a seeded subset)
-    # The same splits without image decoding, for ids and groups (default: queries / gallery).
-    queries_fields: object = None
-    gallery_fields: object = None
-
-    @property
-    def num_queries(self) -> int:
-        return len(self.queries)
-
-    def __len__(self) -> int:
-        return self.num_queries + len(self.gallery_rows)
-
-    def record(self, row: int) -> dict:
-        """Database row -> tfds record (queries first, then the used gallery records)."""
-        if row < self.num_queries:
-            return self.queries[row]
-        return self.gallery[int(self.gallery_rows[row - self.num_queries])]
-
-    def _fields(self, row: int) -> dict:
-        """The record of a database row without its decoded image (ids, groups, licences)."""
-        if row < self.num_queries:
-            return (self.queries_fields or self.queries)[row]
-        return (self.gallery_fields or self.gallery)[int(self.gallery_rows[row - self.num_queries])]
-
-    def _text(self, row: int, field: str) -> str:
-        value = self._fields(row).get(field, b"")
-        return value.decode() if isinstance(value, bytes) else str(value)
-
-    def id(self, row: int) -> str:
-        return self._text(row, "id")
-
-    @functools.cached_property
-    def groups(self) -> np.ndarray:
-        q = np.array([int(self._fields(i)["group"]) for i in range(self.num_queries)], np.int64)
-        return np.concatenate([q, np.full(len(self.gallery_rows), -1, np.int64)])
-
-    @property
-    def query_rows(self) -> np.ndarray:
-        return np.arange(self.num_queries)
-
-    @property
-    def relevant(self) -> list[np.ndarray]:
-        return group_relevance(self.query_rows, self.groups[: self.num_queries])
-
-    def image(self, row: int) -> np.ndarray:
-        return np.asarray(self.record(row)["image"], np.uint8)
-
-    def images_at(self, size: int) -> np.ndarray:
-        """Every database image padded to a white square and resized to `size` (uint8 stack)."""
-        return np.stack([prepare_multi(self.image(r), (size,))[0] for r in range(len(self))])
-
-    def batches(self, rows: Sequence[int], sizes: tuple[int, ...], batch_size: int) -> Iterator[Batch]:
-        items = ((str(r), prepare_multi(self.image(int(r)), sizes)) for r in rows)
-        return assemble_batches(items, sizes, batch_size)
-
-
-class GalleryImages:
-    """A benchmark's gallery as a fitting source for `fit_pipeline` (ids = database rows)."""
-
-    def __init__(self, benchmark: Benchmark):
-        self.benchmark = benchmark
-        self.ids = [str(r) for r in range(benchmark.num_queries, len(benchmark))]
-
-    def describe(self) -> str:
-        return f"{self.benchmark.name}:gallery ({len(self.ids)} marks)"
-
-    def batches(self, ids, sizes, batch_size, failures: FailureLog) -> Iterator[Batch]:
-        return self.benchmark.batches([int(i) for i in ids], sizes, batch_size)
-
-
-def load_benchmark(
-    name: str, max_distractors: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0
-) -> Benchmark:
-    """``logo_groups/small``, ``metu_trademark`` ...; `max_distractors` keeps a seeded subset of the gallery."""
-    from .data.tfds_source import open_split
-
-    name = name[len("tfds:"):] if name.startswith("tfds:") else name
-    queries = open_split(f"{name}:queries", data_dir)
-    gallery = open_split(f"{name}:gallery", data_dir)
-    rows = np.arange(len(gallery))
-    if max_distractors is not None and max_distractors < len(gallery):
-        rows = np.sort(np.random.default_rng(seed).choice(len(gallery), max_distractors, replace=False))
-    return Benchmark(name=name, queries=queries, gallery=gallery, gallery_rows=rows,
-                     queries_fields=open_split(f"{name}:queries", data_dir, images=False),
-                     gallery_fields=open_split(f"{name}:gallery", data_dir, images=False))
+from .runner import embed_all
 
 
 def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:
-    """Write the database as PNG files: queries/GROUP-ID.png and gallery/ID.png (a folder to index)."""
+    """Write the database as PNG files in the labelled folder layout (`FolderBenchmark`):
+    queries/GROUP/ID.png and gallery/ID.png, a folder to index or to evaluate as ``folder:PATH``."""
     from PIL import Image
 
     out = Path(out_dir)
     for row in range(len(benchmark)):
         group = int(benchmark.groups[row])
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in benchmark.id(row))
-        folder, file = ("queries", f"{group:03d}-{safe}.png") if group >= 0 else ("gallery", f"{safe}.png")
+        folder, file = (f"queries/{group:03d}", f"{safe}.png") if group >= 0 else ("gallery", f"{safe}.png")
         path = out / folder / file
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,40 +57,20 @@ def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:
 
 
 def embed_benchmark(benchmark: Benchmark, pipelines: Sequence[Pipeline], progress: bool = True) -> list[np.ndarray]:
-    """(N, d) vectors of every database image for each pipeline.
+    """(N, d) vectors of every database image for each pipeline, in database order.
 
-    Pipelines with the same backbone weights and tap share one forward pass per resolution
-    (e.g. R-MAC, R-SMAC and MR-R-SMAC on ResNet50 conv4), so adding a method to the table
-    costs its pooling, not another backbone pass. A combined pipeline's parts join the passes
-    of their backbones.
+    One loop over the database (`runner.embed_source`): pipelines with the same backbone
+    weights and tap share one forward pass per resolution (e.g. R-MAC, R-SMAC and MR-R-SMAC on
+    ResNet50 conv4), so adding a method to the table costs its pooling, not another backbone
+    pass. A benchmark image that cannot be read is an error: the protocol needs every one.
     """
-    singles = [part for p in pipelines for part in (p.parts.values() if isinstance(p, CombinedPipeline) else [p])]
-    vectors = iter(_embed_single(benchmark, singles, progress))
-    return [p.combine({name: next(vectors) for name in p.parts}) if isinstance(p, CombinedPipeline)
-            else next(vectors) for p in pipelines]
-
-
-def _embed_single(benchmark: Benchmark, pipelines: Sequence[Pipeline], progress: bool) -> list[np.ndarray]:
-    """`embed_benchmark` for pipelines of one backbone each."""
-    from .progress import progress_bar
-
-    out: list[list[np.ndarray]] = [[] for _ in pipelines]
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(pipelines):
-        groups.setdefault(p.backbone_key, []).append(i)
-    batch_size = max(p.config.batch_size for p in pipelines)
-    for members in groups.values():
-        sizes = tuple(sorted({r for i in members for r in pipelines[i].resolutions}))
-        lead = pipelines[members[0]]
-        desc = f"embed {'+'.join(pipelines[i].name for i in members)}"
-        with progress_bar(len(benchmark), desc, progress) as bar:
-            for batch in benchmark.batches(range(len(benchmark)), sizes, batch_size):
-                features = {s: lead.features_batch(images) for s, images in zip(sizes, batch.images)}
-                for i in members:
-                    vectors = pipelines[i].embed_features([features[r] for r in pipelines[i].resolutions])
-                    out[i].append(vectors[batch.valid])
-                bar.update(len(batch.ids))
-    return [np.concatenate(parts) for parts in out]
+    failures = FailureLog()
+    _, vectors = embed_all(benchmark.database, pipelines, failures, progress=progress)
+    if len(failures):
+        path, reason = failures.failures[0]
+        raise ImageError(path, f"{reason} ({len(failures)} unreadable images in benchmark {benchmark.name}; "
+                               "remove or replace them)")
+    return vectors
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,6 +151,38 @@ def weights_by_arch(weights: str | os.PathLike | Sequence[str | os.PathLike] | N
     return out
 
 
+def fit_and_embed(
+    benchmark: Benchmark,
+    pipelines: Sequence[Pipeline],
+    fit_dirs: Sequence[Path | None],
+    fit_images: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> tuple[list[Pipeline], list[np.ndarray]]:
+    """The pipelines with a fit folder fitted there on the benchmark's gallery (never its queries),
+    then every database vector of each: (pipelines as fitted, [(N, d) vectors]). `tmrjax eval` and
+    the trainer's evaluation both score through this."""
+    from .fit import fit_pipelines
+
+    to_fit = [(p, d) for p, d in zip(pipelines, fit_dirs) if d is not None]
+    pipelines = list(pipelines)
+    if to_fit:
+        started = time.time()
+        fitted = fit_pipelines([p for p, _ in to_fit], benchmark.gallery(), [d for _, d in to_fit],
+                               num_images=fit_images, progress=progress)
+        by_id = {id(p): f for (p, _), f in zip(to_fit, fitted)}
+        pipelines = [by_id.get(id(p), p) for p in pipelines]
+        fitted_on = min(fit_images or max(p.config.fit.num_images for p, _ in to_fit), benchmark.num_distractors)
+        log(f"fitted     {', '.join(p.name for p, _ in to_fit)} on the gallery in {time.time() - started:.0f} s "
+            f"({fitted_on} marks)")
+    return pipelines, embed_benchmark(benchmark, pipelines, progress=progress)
+
+
+def _safe_name(name: str) -> str:
+    """A dataset name as one path component (``logo_groups/small`` -> ``logo_groups_small``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+
+
 def run_eval(
     dataset: str,
     pipeline_names: Sequence[str | ConfigDict],
@@ -285,13 +205,10 @@ def run_eval(
     fitted artefacts are cached under `out_dir/cache/` per (dataset subset, pipeline config
     hash, weights), so a second run only evaluates.
     """
-    from .fit import fit_pipelines
-
     out = Path(out_dir)
-    benchmark = load_benchmark(dataset, max_distractors=max_distractors, data_dir=data_dir)
-    subset = f"{benchmark.name.replace('/', '_')}-q{benchmark.num_queries}-g{len(benchmark.gallery_rows)}"
-    log(f"dataset    {benchmark.name}: {benchmark.num_queries} queries in "
-        f"{len(set(benchmark.groups[benchmark.groups >= 0]))} groups + {len(benchmark.gallery_rows)} distractors")
+    benchmark = open_benchmark(dataset, max_distractors=max_distractors, data_dir=data_dir)
+    subset = f"{_safe_name(benchmark.name)}-q{benchmark.num_queries}-g{benchmark.num_distractors}"
+    log(f"dataset    {benchmark.describe()}")
     configs = [name if isinstance(name, ConfigDict) else load_config(name) for name in pipeline_names]
     labels = [c.name for c in configs]
     if len(set(labels)) != len(labels):
@@ -322,28 +239,20 @@ def run_eval(
     caches = [out / "cache" / subset / f"{c.name}-{config_hash(c)}-{tag}" for c, tag in zip(configs, tags)]
     vectors: dict[str, np.ndarray] = {}
     todo: list[Pipeline] = []
-    to_fit: list[tuple[Pipeline, Path]] = []
+    fit_dirs: list[Path | None] = []
     for config, cache, backbone in zip(configs, caches, chosen):
         if (cache / "vectors.npy").is_file():
             vectors[config.name] = np.load(cache / "vectors.npy")
             log(f"cached     {config.name}: {cache}")
             continue
         if needs_fit(config) and (cache / "pipeline" / "pipeline.json").is_file():
-            pipeline = Pipeline.load(cache / "pipeline", weights=backbone)
+            todo.append(Pipeline.load(cache / "pipeline", weights=backbone))
+            fit_dirs.append(None)
         else:
-            pipeline = Pipeline.create(config, weights=backbone)
-            if needs_fit(config):
-                to_fit.append((pipeline, cache / "pipeline"))
-        todo.append(pipeline)
-    if to_fit:
-        started = time.time()
-        fit_pipelines([p for p, _ in to_fit], GalleryImages(benchmark), [d for _, d in to_fit],
-                      num_images=fit_images, progress=progress)
-        fitted_on = min(fit_images or max(p.config.fit.num_images for p, _ in to_fit), len(benchmark.gallery_rows))
-        log(f"fitted     {', '.join(p.name for p, _ in to_fit)} on the gallery in {time.time() - started:.0f} s "
-            f"({fitted_on} marks)")
+            todo.append(Pipeline.create(config, weights=backbone))
+            fit_dirs.append(cache / "pipeline" if needs_fit(config) else None)
     if todo:
-        for pipeline, v in zip(todo, embed_benchmark(benchmark, todo, progress=progress)):
+        for pipeline, v in zip(*fit_and_embed(benchmark, todo, fit_dirs, fit_images, progress, log)):
             cache = caches[labels.index(pipeline.name)]
             cache.mkdir(parents=True, exist_ok=True)
             np.save(cache / "vectors.npy", v)

@@ -12,20 +12,23 @@ clusters a sample of them and counts document frequencies. Raw descriptors (up t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data.images import Batch, FailureLog, iter_batches, list_images
+from .data.images import FailureLog
+from .data.sources import ImageSource, open_source
 from .kernels import idf as idf_kernels
 from .kernels import whitening
 from .pipeline import Artefacts, CombinedPipeline, Pipeline, PipelineError, needs_fit
+from .runner import run_pipelines
 
 
 class _Reservoir:
@@ -52,85 +55,52 @@ class _Reservoir:
         return self.rows[: min(self.seen, len(self.rows))]
 
 
-class FolderImages:
-    """The images under a folder as a fitting source: ids are relative paths."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.unreadable = FailureLog()  # entries of the folder that could not be listed
-        self.ids = list_images(self.root, self.unreadable)
-
-    def describe(self) -> str:
-        return str(self.root.absolute())
-
-    def batches(
-        self, ids: Sequence[str], sizes: tuple[int, ...], batch_size: int, failures: FailureLog
-    ) -> Iterator[Batch]:
-        return iter_batches(ids, self.root, sizes, batch_size, failures=failures)
-
-
-def sample_ids(ids: Sequence[str], num_images: int, seed: int) -> list[str]:
-    """`num_images` of `ids` (all if fewer), chosen uniformly at random by `seed`, in input order."""
-    if len(ids) <= num_images:
-        return list(ids)
+def sample_rows(count: int, num_images: int, seed: int) -> list[int]:
+    """`num_images` of `count` rows (all if fewer), chosen uniformly at random by `seed`, in order."""
+    if count <= num_images:
+        return list(range(count))
     rng = np.random.default_rng(seed)
-    return [ids[i] for i in sorted(rng.choice(len(ids), num_images, replace=False))]
+    return sorted(int(i) for i in rng.choice(count, num_images, replace=False))
 
 
-def _regional_batches(
-    pipelines: Sequence[Pipeline], images, ids: Sequence[str], failures: FailureLog, desc: str, progress: bool
-) -> Iterator[list[list[jax.Array]]]:
-    """Per batch, per pipeline, per resolution: raw regional descriptors (B_valid, R, D').
+def _regional_descriptors(pipeline: Pipeline, maps: list[jax.Array]) -> list[jax.Array]:
+    return [pipeline.describe_features(m) for m in maps]
 
-    The pipelines share one backbone (equal `backbone_key`): each resolution's feature map is
-    computed once and every pipeline pools its own regions from it.
-    """
-    from .progress import progress_bar
 
-    sizes = tuple(sorted({r for p in pipelines for r in p.resolutions}))
-    lead = pipelines[0]
-    batch_size = max(p.config.batch_size for p in pipelines)
-    batches = images.batches(ids, sizes, batch_size, failures)
-    with progress_bar(len(ids), desc, progress) as bar:
-        reported = len(failures)
-        for batch in batches:
-            features = {s: lead.features_batch(x) for s, x in zip(sizes, batch.images)}
-            yield [[p.describe_features(features[r])[batch.valid] for r in p.resolutions] for p in pipelines]
-            bar.update(len(batch.ids) + len(failures) - reported)
-            reported = len(failures)
+def _postprocessed_regions(pipeline: Pipeline, maps: list[jax.Array]) -> np.ndarray:
+    return np.concatenate([np.asarray(pipeline.postprocess_batch(pipeline.describe_features(m))) for m in maps], axis=1)
 
 
 def fit_pipeline(
-    pipeline: Pipeline,
-    images,
+    pipeline: Pipeline | CombinedPipeline,
+    images: ImageSource | str | os.PathLike,
     out_dir: str | os.PathLike,
     num_images: int | None = None,
     failures: FailureLog | None = None,
     progress: bool = True,
-) -> Pipeline:
+) -> Pipeline | CombinedPipeline:
     """Learn PCA-whitening (and the URA codebook + IDF) on gallery images.
 
-    `images` is a folder (str/Path) or an object with `ids`, `describe()` and
-    `batches(ids, sizes, batch_size, failures)` (e.g. a benchmark's gallery). Writes
-    `out_dir/pipeline.json` + `artefacts.npz` and returns the fitted pipeline.
+    `images` is an `ImageSource` (e.g. a benchmark's gallery) or what `open_source` reads (a
+    folder). Writes `out_dir/pipeline.json` + `artefacts.npz` and returns the fitted pipeline.
     """
     return fit_pipelines([pipeline], images, [out_dir], num_images, failures, progress)[0]
 
 
 def fit_pipelines(
-    pipelines: Sequence[Pipeline],
-    images,
+    pipelines: Sequence[Pipeline | CombinedPipeline],
+    images: ImageSource | str | os.PathLike,
     out_dirs: Sequence[str | os.PathLike],
     num_images: int | None = None,
     failures: FailureLog | None = None,
     progress: bool = True,
-) -> list[Pipeline]:
+) -> list[Pipeline | CombinedPipeline]:
     """`fit_pipeline` for several pipelines, sharing backbone passes where they can.
 
-    Pipelines with the same backbone (weights and tap) and the same image sample (fit
-    `num_images` and `seed`) read each image once per resolution, as `tmrjax eval` embeds
-    them: fitting R-MAC, R-SMAC and MR-R-SMAC+URA costs about one ResNet50 pass per
-    resolution and pass, not one per pipeline. Each result equals fitting it alone.
+    Pipelines with the same image sample (fit `num_images` and `seed`) read each image once,
+    and those that share a backbone (weights and tap) share its passes (`runner.run_pipelines`),
+    as `tmrjax eval` embeds them: fitting R-MAC, R-SMAC and MR-R-SMAC+URA costs about one
+    ResNet50 pass per resolution and pass, not one per pipeline. Each result equals fitting it alone.
     """
     if len(pipelines) != len(out_dirs):
         raise ValueError(f"{len(pipelines)} pipelines but {len(out_dirs)} output directories")
@@ -146,57 +116,64 @@ def fit_pipelines(
             if needs_fit(part.config):
                 single.append(part)
                 single_dirs.append(Path(out_dir) if name is None else Path(out_dir) / "parts" / name)
-    _fit_single(single, images, single_dirs, num_images, failures, progress)
+    fitted = iter(_fit_single(single, images, single_dirs, num_images, failures, progress))
+    out = []
     for pipeline, out_dir in zip(pipelines, out_dirs):
         if isinstance(pipeline, CombinedPipeline):
-            fitted = next(part for part in pipeline.parts.values() if needs_fit(part.config))
-            pipeline.save(out_dir, data=json.loads((fitted.path / "pipeline.json").read_text())["data"])
-    return list(pipelines)
+            parts = {name: next(fitted) for name, part in pipeline.parts.items() if needs_fit(part.config)}
+            data = json.loads((next(iter(parts.values())).path / "pipeline.json").read_text())["data"]
+            out.append(pipeline.with_parts(parts).save(out_dir, data=data))
+        else:
+            out.append(next(fitted))
+    return out
 
 
 def _fit_single(
     pipelines: Sequence[Pipeline],
-    images,
+    images: ImageSource | str | os.PathLike,
     out_dirs: Sequence[str | os.PathLike],
     num_images: int | None,
     failures: FailureLog | None,
     progress: bool,
-) -> None:
-    """`fit_pipelines` for pipelines of one backbone each."""
-    if isinstance(images, (str, os.PathLike)):
-        images = FolderImages(images)
-    if not images.ids:
+) -> list[Pipeline]:
+    """`fit_pipelines` for pipelines of one backbone each; returns them fitted, in order."""
+    if not hasattr(images, "load"):
+        images = open_source(images)
+    if not len(images):
         raise PipelineError(f"{images.describe()}: no images to fit on")
     failures = failures if failures is not None else FailureLog()
-    for path, reason in getattr(images, "unreadable", FailureLog()).failures:
+    for path, reason in images.unreadable.failures:
         failures.add(path, reason)
-    samples = [sample_ids(images.ids, num_images or p.config.fit.num_images, p.config.fit.seed) for p in pipelines]
+    samples = [sample_rows(len(images), num_images or p.config.fit.num_images, p.config.fit.seed) for p in pipelines]
     groups: dict[tuple, list[int]] = {}
-    for i, (pipeline, paths) in enumerate(zip(pipelines, samples)):
-        groups.setdefault((pipeline.backbone_key, tuple(paths)), []).append(i)
+    for i, rows in enumerate(samples):
+        groups.setdefault(tuple(rows), []).append(i)
+    fitted: dict[int, Pipeline] = {}
     for members in groups.values():
         skipped = FailureLog()
-        _fit_group([pipelines[i] for i in members], images, samples[members[0]],
-                   [out_dirs[i] for i in members], skipped, progress)
+        results = _fit_group([pipelines[i] for i in members], images, samples[members[0]],
+                             [out_dirs[i] for i in members], skipped, progress)
+        fitted.update(zip(members, results))
         known = set(failures.failures)
         for path, reason in skipped.failures:  # each unreadable file reported once
             if (path, reason) not in known:
                 failures.add(path, reason)
+    return [fitted[i] for i in range(len(pipelines))]
 
 
 def _fit_group(
-    pipelines: Sequence[Pipeline], images, paths: list[str], out_dirs: Sequence[str | os.PathLike],
+    pipelines: Sequence[Pipeline], images: ImageSource, rows: list[int], out_dirs: Sequence[str | os.PathLike],
     failures: FailureLog, progress: bool,
-) -> None:
-    """Fit pipelines that share a backbone and an image sample (see `fit_pipelines`)."""
+) -> list[Pipeline]:
+    """Fit pipelines that share an image sample (see `fit_pipelines`); returns them fitted and saved."""
     import faiss
 
     for pipeline in pipelines:  # global pooling: one descriptor per image and resolution
         dim, resolutions = pipeline.config.embed.pca_whitening_dim, len(pipeline.resolutions)
-        if pipeline.config.embed.region_levels == 0 and len(paths) * resolutions <= dim:
+        if pipeline.config.embed.region_levels == 0 and len(rows) * resolutions <= dim:
             raise PipelineError(
                 f"{images.describe()}: {pipeline.name} pools one descriptor per image and resolution, so "
-                f"{len(paths)} images give at most {len(paths) * resolutions}, too few to fit PCA-whitening "
+                f"{len(rows)} images give at most {len(rows) * resolutions}, too few to fit PCA-whitening "
                 f"to {dim} dims; fit on more than {dim // resolutions} images"
             )
     started = time.time()
@@ -206,15 +183,18 @@ def _fit_group(
     # Pass 1: PCA-whitening from a uniform sample of l2-normalised raw regional descriptors.
     reservoirs = [_Reservoir(p.config.fit.max_descriptors, p.raw_dim, rng) for p, rng in zip(pipelines, rngs)]
     images_used = 0
-    for per_pipeline in _regional_batches(pipelines, images, paths, failures, f"fit PCA-w {names}", progress):
-        images_used += len(per_pipeline[0][0])
+    for batch, per_pipeline in run_pipelines(images, pipelines, _regional_descriptors, failures, rows,
+                                             desc=f"fit PCA-w {names}", progress=progress):
+        images_used += len(batch.ids)
         for reservoir, per_resolution in zip(reservoirs, per_pipeline):
             for descriptors in per_resolution:
+                descriptors = np.asarray(descriptors)[batch.valid]
                 x = np.asarray(descriptors, np.float32).reshape(-1, descriptors.shape[-1])
                 norms = np.linalg.norm(x, axis=1, keepdims=True)
                 reservoir.add(x / np.maximum(norms, 1e-6))
     samples = [r.sample() for r in reservoirs]
-    for pipeline, sample in zip(pipelines, samples):
+    pipelines = list(pipelines)
+    for i, (pipeline, sample) in enumerate(zip(pipelines, samples)):
         dim = pipeline.config.embed.pca_whitening_dim
         if len(sample) < dim + 1:
             raise PipelineError(
@@ -223,8 +203,8 @@ def _fit_group(
             )
         mean, projection = whitening.learn_pca_whitening(
             jnp.asarray(sample), dim, power=pipeline.config.embed.get("whitening_power", 0.5))
-        pipeline.artefacts = Artefacts(pca_mean=np.asarray(mean), pca_projection=np.asarray(projection))
-        pipeline.__post_init__()
+        pipelines[i] = pipeline.with_artefacts(
+            Artefacts(pca_mean=np.asarray(mean), pca_projection=np.asarray(projection)))
 
     # Pass 2 (URA): codebook of post-processed regions, IDF over images as documents.
     ura = [i for i, p in enumerate(pipelines) if p.config.embed.attention == "idf"]
@@ -233,22 +213,22 @@ def _fit_group(
         # words are assigned on exactly the values embedding will see.
         per_image: dict[int, list[np.ndarray]] = {i: [] for i in ura}
         members = [pipelines[i] for i in ura]
-        for per_pipeline in _regional_batches(members, images, paths, FailureLog(), "fit URA " + "+".join(
-                p.name for p in members), progress):
-            for i, per_resolution in zip(ura, per_pipeline):
-                pipeline = pipelines[i]
-                post = np.concatenate([np.asarray(pipeline.postprocess_batch(d)) for d in per_resolution], axis=1)
-                per_image[i].extend(post.astype(np.float32))
+        for batch, per_pipeline in run_pipelines(images, members, _postprocessed_regions, FailureLog(), rows,
+                                                 desc="fit URA " + "+".join(p.name for p in members),
+                                                 progress=progress):
+            for i, post in zip(ura, per_pipeline):
+                per_image[i].extend(post[batch.valid].astype(np.float32))
         for i in ura:
-            _fit_codebook(pipelines[i], np.stack(per_image.pop(i)), rngs[i], images, faiss)
+            pipelines[i] = _fit_codebook(pipelines[i], np.stack(per_image.pop(i)), rngs[i], images, faiss)
 
-    for pipeline, sample, out_dir in zip(pipelines, samples, out_dirs):
+    for pipeline in pipelines:
         pipeline.check_artefacts()
+    return [
         pipeline.save(
             out_dir,
             data={
                 "images": images.describe(),
-                "images_sampled": len(paths),
+                "images_sampled": len(rows),
                 "images_used": images_used,
                 "images_skipped": len(failures),
                 "pca_descriptors": len(sample),
@@ -257,13 +237,15 @@ def _fit_group(
                 "fitted_with": [p.name for p in pipelines],
             },
         )
+        for pipeline, sample, out_dir in zip(pipelines, samples, out_dirs)
+    ]
 
 
 # k-means of the URA codebook needs several points per word; below this it only memorises them.
 MIN_DESCRIPTORS_PER_WORD = 10
 
 
-def _fit_codebook(pipeline: Pipeline, regions: np.ndarray, rng: np.random.Generator, images, faiss) -> None:
+def _fit_codebook(pipeline: Pipeline, regions: np.ndarray, rng: np.random.Generator, images, faiss) -> Pipeline:
     """URA: k-means words of post-processed regions (N, R_total, d) and their IDF over images."""
     fit, embed = pipeline.config.fit, pipeline.config.embed
     k, dim = embed.codebook_size, embed.pca_whitening_dim
@@ -284,9 +266,8 @@ def _fit_codebook(pipeline: Pipeline, regions: np.ndarray, rng: np.random.Genera
     words = words.reshape(regions.shape[:2])
     df = idf_kernels.document_frequency(jnp.asarray(words), jnp.ones(words.shape, bool), k)
     idf = idf_kernels.idf_from_document_frequency(df, len(regions))
-    pipeline.artefacts.centroids = centroids
-    pipeline.artefacts.idf = np.asarray(idf, np.float32)
-    pipeline.__post_init__()
+    return pipeline.with_artefacts(dataclasses.replace(
+        pipeline.artefacts, centroids=centroids, idf=np.asarray(idf, np.float32)))
 
 
 def describe_fit(pipeline: Pipeline) -> str:
@@ -301,7 +282,7 @@ def describe_fit(pipeline: Pipeline) -> str:
     if isinstance(pipeline, CombinedPipeline):
         return "; ".join(f"{name}: {describe_fit(part)}" for name, part in pipeline.parts.items()
                          if needs_fit(part.config))
-    arts = pipeline.artefacts or Artefacts()
+    arts = pipeline.artefacts
     data = json.loads((Path(pipeline.path) / "pipeline.json").read_text())["data"]
     learned = []
     if arts.pca_projection is not None:

@@ -12,22 +12,20 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from .data.images import FailureLog, ImageError, list_images
+from .data.sources import PathSource
 from .fileio import Record, WriterLock, file_sha256
 from .index import GalleryIndex
-from .pipeline import Pipeline, PipelineError, config_from_record, embed_stream, weights_of
+from .index_kinds import INDEX_KINDS
+from .pipeline import Pipeline, PipelineError, config_from_record, weights_of
+from .runner import embed_stream
 
 
 def index_params(config: ConfigDict, kind: str | None = None) -> dict[str, Any]:
     """The faiss index parameters of a pipeline config (`config.index`), optionally another kind."""
-    c = config.index
-    kind = kind or c.kind
-    if kind == "flat":
-        return {"kind": "flat"}
-    if kind == "ivfpq":
-        return {"kind": "ivfpq", "nlist": c.nlist, "m": c.m, "nbits": c.nbits, "nprobe": c.nprobe}
-    if kind == "hnsw":
-        return {"kind": "hnsw", "M": c.hnsw_m, "efConstruction": c.ef_construction, "efSearch": c.ef_search}
-    raise PipelineError(f"unknown index kind {kind!r}; expected flat, ivfpq or hnsw")
+    kind = kind or config.index.kind
+    if kind not in INDEX_KINDS:
+        raise PipelineError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+    return {"kind": kind, **{name: config.index[p.config_field] for name, p in INDEX_KINDS[kind].params.items()}}
 
 
 @dataclasses.dataclass
@@ -103,7 +101,7 @@ def _index_locked(
     todo = sorted(to_add + changed)
     pending: list[tuple[list[str], np.ndarray]] = []  # held back until an IVF-PQ index can train
     since_checkpoint = 0
-    for ids, vectors in embed_stream(todo, pipeline, root=root, failures=failures, progress=progress):
+    for ids, vectors in embed_stream(PathSource(todo, root), pipeline, failures=failures, progress=progress):
         ids, vectors = _drop_empty(ids, vectors, failures)
         pending.append((ids, vectors))
         if index.train_size and sum(len(i) for i, _ in pending) < index.train_size:
@@ -170,7 +168,7 @@ def search_images(
     pipeline = pipeline_of_index(index)
     names = [os.fspath(q) for q in queries]
     skipped = FailureLog()
-    vectors_of = {i: v for ids, vectors in embed_stream(names, pipeline, failures=skipped, progress=False)
+    vectors_of = {i: v for ids, vectors in embed_stream(PathSource(names), pipeline, failures=skipped, progress=False)
                   for i, v in zip(ids, vectors)}
     if len(skipped) and failures is None:
         raise ImageError(*skipped.failures[0])

@@ -3,7 +3,8 @@
 Vectors are float32 and l2-normalised; similarity is the inner product. Each indexed item has a
 row in the id table (`id` = path relative to the gallery root, `sha256`, `size`, `mtime_ns`,
 `label`), rows in ascending `label` order, and `label` is the item's id inside faiss. Labels only
-grow, so removing rows never renumbers anything.
+grow, so removing rows never renumbers anything. The kinds of faiss index (flat, ivfpq, hnsw) and
+their parameters are the table `tmrjax.index_kinds.INDEX_KINDS`.
 
 On-disk layout of an index directory::
 
@@ -52,6 +53,7 @@ from .fileio import (
     read_json,
     write_atomic,
 )
+from .index_kinds import DEFAULT_KIND, INDEX_KINDS
 
 # Search batches of a few hundred queries go through BLAS instead of the per-query loop (~6x faster).
 faiss.cvar.distance_compute_blas_threshold = 20
@@ -63,12 +65,6 @@ READABLE_VERSIONS = (1, 2)
 META_NAME = "meta.json"
 # The key of the pipeline description whose value must match between an index and its caller.
 PIPELINE_HASH_KEY = "vectors_hash"
-# Index kind -> its parameters and their defaults.
-INDEX_KINDS: dict[str, dict[str, int]] = {
-    "flat": {},
-    "ivfpq": {"nlist": 1024, "m": 32, "nbits": 8, "nprobe": 16},
-    "hnsw": {"M": 32, "efConstruction": 200, "efSearch": 128},
-}
 
 _NORM_TOLERANCE = 1e-3
 _INDEX_FILE, _TABLE_FILE, _DELTA_FILE = r"index\.\d{6,}\.faiss", r"table\.\d{6,}\.npz", r"delta\.\d{6,}\.\d{6,}\.npz"
@@ -77,8 +73,6 @@ _SHA256 = r"[0-9a-f]{64}"
 # Upper bounds for fields of meta.json: far above any real index, low enough to refuse absurd values.
 _MAX_DIM = 1 << 16
 _MAX_DELTAS = 100_000
-# What faiss.read_index must return for each kind (its factory strings in `_new_faiss_index`).
-_FAISS_CLASS = {"flat": "IndexIDMap", "ivfpq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
 _TABLE_SCHEMA = {"ids": ("u", 1), "sha256": ("u", 2), "size": ("iu", 1), "mtime_ns": ("iu", 1), "label": ("iu", 1)}
 _DELTA_SCHEMA = {**_TABLE_SCHEMA, "vectors": ("f", 2), "removed": ("iu", 1), "refresh_label": ("iu", 1),
                  "refresh_size": ("iu", 1), "refresh_mtime_ns": ("iu", 1)}
@@ -92,10 +86,10 @@ def validate_index_params(index_params: dict, dim: int) -> dict:
         raise ValueError(f"index dim must be a positive int, got {dim!r}")
     if not isinstance(index_params, dict):
         raise ValueError(f"index params must be a dict like {{'kind': 'flat'}}, got {index_params!r}")
-    kind = index_params.get("kind", "flat")
+    kind = index_params.get("kind", DEFAULT_KIND)
     if kind not in INDEX_KINDS:
         raise ValueError(f"index params {index_params}: unknown kind {kind!r}, expected one of {sorted(INDEX_KINDS)}")
-    defaults = INDEX_KINDS[kind]
+    defaults = INDEX_KINDS[kind].defaults
     unknown = sorted(set(index_params) - set(defaults) - {"kind"})
     if unknown:
         raise ValueError(
@@ -107,17 +101,9 @@ def validate_index_params(index_params: dict, dim: int) -> dict:
         value = params[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"index params {index_params}: {key} must be a positive int, got {value!r}")
-    if kind == "ivfpq":
-        if dim % params["m"]:
-            raise ValueError(f"index params {index_params}: dim {dim} must be divisible by m={params['m']}")
-        if params["nbits"] > 16:
-            raise ValueError(f"index params {index_params}: nbits must be in 1..16, got {params['nbits']}")
-        if params["nprobe"] > params["nlist"]:
-            raise ValueError(
-                f"index params {index_params}: nprobe={params['nprobe']} exceeds nlist={params['nlist']}"
-            )
-    if kind == "hnsw" and params["M"] < 2:
-        raise ValueError(f"index params {index_params}: M must be at least 2, got {params['M']}")
+    problem = INDEX_KINDS[kind].check(params, dim)
+    if problem:
+        raise ValueError(f"index params {index_params}: {problem}")
     return params
 
 
@@ -189,25 +175,10 @@ def _now() -> str:
 
 def _new_faiss_index(dim: int, params: dict) -> faiss.Index:
     """An empty faiss index for validated `params`, built by faiss's own factory string."""
-    kind = params["kind"]
-    factory = {
-        "flat": "IDMap,Flat",
-        "ivfpq": "IVF{nlist},PQ{m}x{nbits}",
-        "hnsw": "HNSW{M},Flat",
-    }[kind].format(**params)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if kind == "ivfpq":
-        index.do_polysemous_training = False  # only for Hamming-filtered search, which we do not use; slow
-    if kind == "hnsw":
-        index.hnsw.efConstruction = params["efConstruction"]
+    kind = INDEX_KINDS[params["kind"]]
+    index = faiss.index_factory(dim, kind.factory.format(**params), faiss.METRIC_INNER_PRODUCT)
+    kind.configure(index, params)
     return index
-
-
-def _set_search_params(index: faiss.Index, params: dict) -> None:
-    if params["kind"] == "ivfpq":
-        index.nprobe = params["nprobe"]
-    elif params["kind"] == "hnsw":
-        index.hnsw.efSearch = params["efSearch"]
 
 
 def _checked_meta(record: Record, meta_path: str, version: int) -> dict:
@@ -251,8 +222,9 @@ def _read_faiss(path: str, kind: str) -> faiss.Index:
             raise StoredFileError(path, "removed while it was read") from FileNotFoundError(path)
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise StoredFileError(path, f"damaged faiss index ({reason})") from None
-    if type(index).__name__ != _FAISS_CLASS[kind]:
-        raise StoredFileError(path, f"holds a faiss {type(index).__name__}, expected {_FAISS_CLASS[kind]} ({kind})")
+    expected = INDEX_KINDS[kind].faiss_class
+    if type(index).__name__ != expected:
+        raise StoredFileError(path, f"holds a faiss {type(index).__name__}, expected {expected} ({kind})")
     return index
 
 
@@ -272,7 +244,8 @@ class GalleryIndex:
         self._label_of: dict[str, int] | None = None
         self._next_label = int(meta["next_label"])
         self._mark_durable(base_count=len(rows))  # `rows` is the generation's table, before any delta
-        _set_search_params(index, meta["index"])
+        self._kind = INDEX_KINDS[meta["index"]["kind"]]
+        self._kind.set_search(index, meta["index"])
 
     def _mark_durable(self, base_count: int | None = None) -> None:
         """Everything in memory is now what meta.json describes; start tracking changes afresh."""
@@ -385,7 +358,7 @@ class GalleryIndex:
             raise StoredFileError(
                 index_file, f"dim {index.d} with {index.ntotal} vectors, but {table_file} has {len(rows)} rows"
                 f" and {meta_path} says dim {meta['dim']}")
-        if meta["index"]["kind"] == "flat" and not np.array_equal(faiss.vector_to_array(index.id_map), rows.label):
+        if isinstance(index, faiss.IndexIDMap) and not np.array_equal(faiss.vector_to_array(index.id_map), rows.label):
             raise StoredFileError(index_file, f"its vector ids are not the labels of {table_file}")
         if len(rows) and rows.label[-1] >= meta["next_label"]:
             raise StoredFileError(table_file, f"label {rows.label[-1]} is not below next_label {meta['next_label']}")
@@ -460,10 +433,7 @@ class GalleryIndex:
     @property
     def train_size(self) -> int:
         """Vectors the next `add` must bring at once to train the index (0 once trained or never needed)."""
-        if self._index.is_trained:
-            return 0
-        params = self._meta["index"]
-        return max(params["nlist"], 2 ** params["nbits"])
+        return 0 if self._index.is_trained else self._kind.train_size(self._meta["index"])
 
     def _table(self) -> _Rows:
         if self._chunks:
@@ -588,8 +558,8 @@ class GalleryIndex:
         """Add rows (labels above all present) and their vectors to faiss and the table."""
         if not len(rows):
             return
-        if self._meta["index"]["kind"] == "hnsw":
-            # HNSW numbers vectors itself; with no removal its numbers are the labels.
+        if not self._kind.takes_ids:
+            # faiss numbers the vectors itself; with no removal its numbers are the labels.
             assert self._index.ntotal == rows.label[0]
             self._index.add(vectors)
         else:
@@ -603,10 +573,10 @@ class GalleryIndex:
         """Drop items (e.g. files whose content changed) from the index; not possible for hnsw."""
         if not len(ids):
             return
-        if self._meta["index"]["kind"] == "hnsw":
+        if not self._kind.takes_ids:
             raise ValueError(
-                f"{self.path}: cannot remove {len(ids)} items (e.g. {ids[0]!r}): faiss HNSW indexes do not"
-                " support removal; rebuild the index with --rebuild"
+                f"{self.path}: cannot remove {len(ids)} items (e.g. {ids[0]!r}): faiss {self._kind.faiss_class}"
+                f" indexes ({self._meta['index']['kind']}) do not support removal; rebuild the index with --rebuild"
             )
         label_of = self._labels_by_id()
         missing = [i for i in ids if i not in label_of]

@@ -16,12 +16,13 @@ shape); the method is data (the config), never a branch on its name.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from . import __version__
+from ._version import __version__
 from .fileio import Record, StoredFileError, load_npz, read_json, write_atomic
-from .kernels import idf, pooling, regions, whitening
-
-# The function: `tmrjax.kernels.crow` names it, not its module (kernels/__init__.py).
-from .kernels.crow import crow
+from .kernels import crow, idf, pooling, regions, whitening
 from .models import architecture, build_backbone
 from .weights import load_backbone, random_variables
 
@@ -169,7 +167,7 @@ POOLINGS: dict[str, Pooling] = {
         lambda x, e: pooling.gem(x, p=e.gem_p), lambda x, b, e: pooling.regional_gem(x, b, p=e.gem_p)
     ),
     "smac": Pooling(lambda x, e: pooling.smac(x), lambda x, b, e: pooling.regional_smac(x, b)),
-    "crow": Pooling(lambda x, e: crow(x), None),
+    "crow": Pooling(lambda x, e: crow.crow(x), None),
     # The tap is a global vector already (a 1 x 1 map), e.g. the hu2024 encoder's "feature".
     "identity": Pooling(lambda x, e: _single_position(x), None),
     # Every cell of the map, in order: the pixel baseline (the ink thumbnail).
@@ -297,7 +295,7 @@ def describe(features: jax.Array, embed: ConfigDict) -> jax.Array:
 ARTEFACT_ARRAYS = {"pca_mean": ("f", 1), "pca_projection": ("f", 2), "centroids": ("f", 2), "idf": ("f", 1)}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class Artefacts:
     """What `tmrjax fit` learns: PCA-whitening and the URA codebook with its IDF table."""
 
@@ -380,27 +378,60 @@ def config_from_record(record: Record) -> ConfigDict:
 # The pipeline
 
 
-@dataclasses.dataclass
+class Output(enum.Enum):
+    """What a pipeline gives per image: one vector, or several (one per region, for region matching)."""
+
+    IMAGE = "one vector per image"  # (B, d)
+    REGIONS = "R vectors per image"  # (B, R, d) with a (B, R) valid mask
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Pipeline:
-    """Backbone + config + learned artefacts; the unit that `embed`, `fit` and `index` share."""
+    """Backbone + config + learned artefacts, a frozen value: `with_artefacts` makes a new one.
+
+    Embedding is the pure function `embed_fn(artefacts, feature_maps)` composed from the
+    config's stages (regions -> pooling -> post-processing -> region weights -> sum); the
+    compiled functions are built on first use and belong to this value.
+    """
 
     config: ConfigDict
     module: Any
     variables: Any
     backbone: dict  # identity of the weights: arch, layout, source file/sha256 or random seed
-    artefacts: Artefacts | None = None
+    artefacts: Artefacts = dataclasses.field(default_factory=Artefacts)
     path: Path | None = None  # the fitted pipeline directory, if any
+    output = Output.IMAGE
 
     def __post_init__(self) -> None:
         validate_config(self.config)
-        self.__dict__.pop("raw_dim", None)  # the config may have changed since it was cached
-        tap, embed = self.config.backbone.tap, self.config.embed
-        module = self.module
-        self._features = jax.jit(lambda v, x: module.apply(v, x)[tap])
-        self._describe_features = jax.jit(lambda f: describe(f, embed))
-        self._postprocess = jax.jit(postprocess)
-        self._aggregate = jax.jit(lambda a, f: aggregate_resolution(f, embed, a))
-        self._device_arts = {k: jnp.asarray(v) for k, v in (self.artefacts or Artefacts()).arrays().items()}
+
+    def with_artefacts(self, artefacts: Artefacts, path: Path | None = None) -> Pipeline:
+        """This pipeline with other fitted artefacts (saved at `path`, if given); `check_artefacts`
+        says whether they are all the config needs."""
+        return dataclasses.replace(self, artefacts=artefacts, path=path)
+
+    @functools.cached_property
+    def _features(self) -> Callable:
+        tap, module = self.config.backbone.tap, self.module
+        return jax.jit(lambda v, x: module.apply(v, x)[tap])
+
+    @functools.cached_property
+    def _describe_features(self) -> Callable:
+        embed = self.config.embed
+        return jax.jit(lambda f: describe(f, embed))
+
+    @functools.cached_property
+    def _aggregate(self) -> Callable:
+        embed = self.config.embed
+        return jax.jit(lambda a, f: aggregate_resolution(f, embed, a))
+
+    @functools.cached_property
+    def _postprocess(self) -> Callable:
+        return jax.jit(postprocess)
+
+    @functools.cached_property
+    def device_artefacts(self) -> dict[str, jax.Array]:
+        return {k: jnp.asarray(v) for k, v in self.artefacts.arrays().items()}
 
     # -- construction ---------------------------------------------------------------------
 
@@ -494,16 +525,16 @@ class Pipeline:
                 f"{path / 'artefacts.npz'}: does not match the fit recorded in pipeline.json "
                 "(artefacts of another fit?); run `tmrjax fit` again"
             )
-        pipe.artefacts, pipe.path = artefacts, path
-        pipe.__post_init__()
+        pipe = pipe.with_artefacts(artefacts, path)
         pipe.check_artefacts()
         return pipe
 
-    def save(self, path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-        """Write pipeline.json (config, hash, backbone, data provenance) and artefacts.npz."""
+    def save(self, path: str | os.PathLike, data: Mapping[str, Any]) -> Pipeline:
+        """Write pipeline.json (config, hash, backbone, data provenance) and artefacts.npz; returns
+        this pipeline as saved there."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        if self.artefacts is not None:
+        if needs_fit(self.config):
             self.artefacts.save(path / "artefacts.npz")
         info = {
             "format": PIPELINE_FORMAT,
@@ -511,14 +542,13 @@ class Pipeline:
             "config_hash": config_hash(self.config),
             "config": json.loads(self.config.to_json()),
             "backbone": self.backbone,
-            "artefacts_sha256": (self.artefacts or Artefacts()).digest(),
+            "artefacts_sha256": self.artefacts.digest(),
             "data": dict(data),
             "dim": self.dim,
             "tmrjax_version": __version__,
         }
         write_atomic(path / "pipeline.json", lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
-        self.path = path
-        return path
+        return dataclasses.replace(self, path=path)
 
     # -- properties -----------------------------------------------------------------------
 
@@ -561,7 +591,7 @@ class Pipeline:
         pipelines with equal hashes embed every image identically. `config` lets an index
         made with an unfitted config file be searched without that file.
         """
-        artefacts = (self.artefacts or Artefacts()).digest()
+        artefacts = self.artefacts.digest()
         weights = self.backbone.get("source_sha256") or self.backbone["weights"]
         identity = json.dumps([config_hash(self.config), artefacts, weights])
         return {
@@ -577,7 +607,7 @@ class Pipeline:
 
     def check_artefacts(self) -> None:
         """Refuse to embed without the artefacts the config needs, or with wrong shapes."""
-        e, arts = self.config.embed, self.artefacts or Artefacts()
+        e, arts = self.config.embed, self.artefacts
         if e.pca_whitening_dim > 0:
             if arts.pca_projection is None:
                 raise PipelineError(f"{self.name}: needs PCA-whitening; run `tmrjax fit` first")
@@ -604,7 +634,7 @@ class Pipeline:
         return self._describe_features(features)
 
     def postprocess_batch(self, descriptors: jax.Array) -> jax.Array:
-        return self._postprocess(descriptors, self._device_arts)
+        return self._postprocess(descriptors, self.device_artefacts)
 
     @property
     def backbone_key(self) -> tuple:
@@ -615,18 +645,23 @@ class Pipeline:
         """The backbone tap of one resolution's uint8 batch, (B, h, w, C)."""
         return self._features(self.variables, jnp.asarray(images))
 
-    def embed_features(self, features_per_resolution: Sequence[jax.Array]) -> np.ndarray:
-        """Feature maps (one per resolution) -> (B, d) float32, l2-normalised (Eq. 3-4)."""
-        self.check_artefacts()
+    def embed_fn(self, artefacts: Mapping[str, jax.Array], features_per_resolution: Sequence[jax.Array]) -> jax.Array:
+        """The pipeline's function: feature maps (one per resolution) -> (B, d), l2-normalised
+        sum over resolutions of the weighted regions (tursun2021 Eq. 2-4)."""
         if len(features_per_resolution) != len(self.resolutions):
             raise PipelineError(
                 f"{self.name}: got {len(features_per_resolution)} resolutions, expected {self.resolutions}"
             )
         total = None
         for features in features_per_resolution:
-            part = self._aggregate(self._device_arts, features)
+            part = self._aggregate(artefacts, features)
             total = part if total is None else total + part
-        return np.asarray(pooling.l2_normalize(total), dtype=np.float32)
+        return pooling.l2_normalize(total)
+
+    def embed_features(self, features_per_resolution: Sequence[jax.Array]) -> np.ndarray:
+        """`embed_fn` with this pipeline's artefacts, as float32 host vectors (B, d)."""
+        self.check_artefacts()
+        return np.asarray(self.embed_fn(self.device_artefacts, features_per_resolution), dtype=np.float32)
 
     def embed_batch(self, images_per_resolution: Sequence[np.ndarray]) -> np.ndarray:
         """(B, S, S, 3) uint8 per resolution -> (B, d) float32, l2-normalised (Eq. 3-4)."""
@@ -637,7 +672,7 @@ class Pipeline:
 # Several pipelines side by side
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class CombinedPipeline:
     """The vectors of several pipelines (e.g. two backbones) side by side in one descriptor.
 
@@ -650,6 +685,14 @@ class CombinedPipeline:
     config: ConfigDict
     parts: dict[str, Pipeline]  # in the order of config.parts
     path: Path | None = None
+    output = Output.IMAGE
+
+    def with_parts(self, parts: Mapping[str, Pipeline], path: Path | None = None) -> CombinedPipeline:
+        """This combination with other (e.g. fitted) parts of the same configs."""
+        for name, part in parts.items():
+            if config_hash(part.config) != config_hash(self.config.parts[name]):
+                raise PipelineError(f"{self.name}: {part.name!r} is not its part {name!r}")
+        return dataclasses.replace(self, parts={name: parts.get(name, p) for name, p in self.parts.items()}, path=path)
 
     @classmethod
     def create(cls, config: ConfigDict, dtype: Any = jnp.float32) -> CombinedPipeline:
@@ -669,18 +712,20 @@ class CombinedPipeline:
             parts[name] = part
         return cls(config, parts, path)
 
-    def save(self, path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-        """pipeline.json plus parts/<name>/ for every part (fitted or not)."""
+    def save(self, path: str | os.PathLike, data: Mapping[str, Any]) -> CombinedPipeline:
+        """pipeline.json plus parts/<name>/ for every part (fitted or not); returns this combination
+        as saved there."""
         path = Path(path)
+        parts = {}
         for name, part in self.parts.items():
             if part.path is None or Path(part.path).absolute() != (path / "parts" / name).absolute():
-                part.save(path / "parts" / name, data)  # parts fitted in place are saved already
+                part = part.save(path / "parts" / name, data)  # parts fitted in place are saved already
+            parts[name] = part
         info = {"format": COMBINED_FORMAT, "name": self.name, "config_hash": config_hash(self.config),
                 "config": json.loads(self.config.to_json()), "parts": list(self.parts), "data": dict(data),
                 "dim": self.dim, "tmrjax_version": __version__}
         write_atomic(path / "pipeline.json", lambda f: f.write(json.dumps(info, indent=2).encode() + b"\n"))
-        self.path = path
-        return path
+        return dataclasses.replace(self, parts=parts, path=path)
 
     @property
     def name(self) -> str:
@@ -739,64 +784,3 @@ class CombinedPipeline:
         by_size = dict(zip(self.resolutions, images_per_resolution))
         return self.combine({name: part.embed_batch([by_size[r] for r in part.resolutions])
                              for name, part in self.parts.items()})
-
-
-# ----------------------------------------------------------------------------------------
-# Functional API
-
-
-def embed(images: Sequence[Any], pipeline: Pipeline, batch_size: int | None = None) -> np.ndarray:
-    """Embed images (uint8 arrays, PIL images or paths) -> (N, d) float32, l2-normalised.
-
-    Images are padded to a white square and resized to each of the pipeline's resolutions
-    (no centre crop, tursun2019 Sec. 4.4). A bad input raises ImageError naming it.
-    """
-    from .data.images import as_batches
-
-    batch_size = batch_size or pipeline.config.batch_size
-    out = [np.zeros((0, pipeline.dim), np.float32)]
-    for batch in as_batches(list(images), pipeline.resolutions, batch_size):
-        out.append(pipeline.embed_batch(batch.images)[batch.valid])
-    return np.concatenate(out)
-
-
-def embed_stream(
-    source: str | os.PathLike | Sequence[str],
-    pipeline: Pipeline,
-    batch_size: int | None = None,
-    failures=None,
-    root: str | os.PathLike | None = None,
-    progress: bool = True,
-    workers: int = 4,
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Stream (ids, vectors) batches over a folder, a list of paths, or a tfds split.
-
-    `source` is a folder (walked recursively; ids are relative paths), a list of paths
-    relative to `root`, or ``"tfds:NAME/CONFIG:SPLIT"`` (ids from the record's ``id`` field).
-    Unreadable files are recorded in `failures` (a FailureLog) and skipped.
-    """
-    from .data.images import FailureLog, iter_batches, list_images
-    from .progress import progress_bar
-
-    batch_size = batch_size or pipeline.config.batch_size
-    failures = failures if failures is not None else FailureLog()
-    if isinstance(source, str) and source.startswith("tfds:"):
-        from .data.tfds_source import iter_tfds_batches
-
-        batches, total = iter_tfds_batches(source[len("tfds:"):], pipeline.resolutions, batch_size)
-    else:
-        if isinstance(source, (str, os.PathLike)):
-            root = Path(source)
-            paths = list_images(root, failures)
-        else:
-            paths = list(source)
-            root = Path(root) if root is not None else Path(".")
-        total = len(paths)
-        batches = iter_batches(paths, root, pipeline.resolutions, batch_size, workers=workers, failures=failures)
-    with progress_bar(total, f"embed {pipeline.name}", progress) as bar:
-        reported = len(failures)
-        for batch in batches:
-            vectors = pipeline.embed_batch(batch.images)[batch.valid]
-            bar.update(len(batch.ids) + len(failures) - reported)
-            reported = len(failures)
-            yield list(batch.ids), vectors

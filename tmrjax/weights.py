@@ -13,6 +13,8 @@ settings, the training run, the sha256 of its bfloat16 variables) is a backbone 
 :func:`read_meta` presents its meta.json in the same terms (arch ``hu2024-resnet50``, layout,
 taps, ``source.sha256``) and :func:`load_backbone` loads it, so `tmrjax fit`/`eval`/`index` take
 either with ``--weights``.
+
+:func:`init_from_backbone` puts a converted ResNet50 into the trunk of a hu2024 encoder.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-from . import __version__
+from ._version import __version__
 from .models import ARCHITECTURES, BACKBONES, HU2024, available_taps, build_backbone, preprocessing_for
+from .models.hu2024 import BACKBONE, encoder_from_settings
 
 META_FORMAT = "tmrjax-backbone/1"
 ENCODER_FORMAT = "tmrjax-encoder/1"
@@ -249,8 +253,6 @@ def restore_encoder_variables(path: str | os.PathLike, meta: Mapping) -> dict:
     shape) and against the recorded sha256."""
     import orbax.checkpoint as ocp
 
-    from .models.hu2024 import encoder_from_settings
-
     path = Path(path).absolute()
     try:
         full = encoder_from_settings(meta["model"], dtype=jnp.float32)
@@ -277,6 +279,32 @@ def restore_encoder_variables(path: str | os.PathLike, meta: Mapping) -> dict:
             "(a partial copy, or meta.json of another export)"
         )
     return jax.tree.map(lambda x: np.asarray(x, np.float32), stored)
+
+
+def init_from_backbone(backbone_variables: Mapping, variables: Mapping) -> dict:
+    """``variables`` (a Hu2024Encoder's) with its trunk replaced by ResNet50 ``backbone_variables``.
+
+    ``backbone_variables`` is what ``tmrjax.load_backbone`` (or ``ResNet50.init``) returns for a
+    resnet50 of the encoder's layout; every one of its arrays must land on an encoder trunk
+    array of the same shape and every trunk array must be covered, else WeightsError names the
+    keys. New modules (ECA, CA, AWFF, LAFF, head) keep their values; arrays take the encoder's
+    dtypes.
+    """
+    source = flatten_variables(backbone_variables)
+    target = flatten_variables(variables)
+    trunk = {k: v for k, v in target.items() if len(k) > 1 and k[1] == BACKBONE}
+    wanted = {(k[0],) + k[2:]: k for k in trunk}
+    problems = key_problems(
+        {k: trunk[dest].shape for k, dest in wanted.items()}, source, missing="missing in backbone",
+        unexpected="not in the encoder trunk", shape_words=("encoder has", "backbone has"),
+    )
+    if problems:
+        raise WeightsError("init_from_backbone: backbone variables do not fit the Hu2024Encoder "
+                           "trunk: " + " | ".join(problems))
+    flat = dict(target)
+    for key, dest in wanted.items():
+        flat[dest] = jnp.asarray(source[key], dtype=trunk[dest].dtype)
+    return traverse_util.unflatten_dict(flat)
 
 
 def random_variables(arch: str, layout: str, seed: int = 0) -> dict:

@@ -17,20 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from tmrjax.data import images
+from tmrjax.data import images, sources
 from tmrjax.data.images import (
     IMAGE_EXTENSIONS,
     Batch,
     FailureLog,
     ImageError,
-    as_batches,
-    iter_batches,
     list_images,
     load_image,
     pad_to_square,
     prepare,
     prepare_multi,
 )
+from tmrjax.data.sources import ArraySource, PathSource, iter_batches
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -152,8 +151,7 @@ def test_cmyk_jpeg(tmp_path):
 
 def test_ycbcr_in_memory():
     ycc = Image.new("YCbCr", (4, 4), (100, 128, 128))  # neutral chroma -> grey 100
-    (batch,) = as_batches([ycc], (4,), 1)
-    np.testing.assert_array_equal(batch.images[0][0], np.full((4, 4, 3), 100))
+    np.testing.assert_array_equal(ArraySource([ycc]).load(0), np.full((4, 4, 3), 100))
 
 
 def test_16bit_png_scaled_by_real_range(tmp_path):
@@ -546,7 +544,7 @@ def test_iter_batches_skips_bad_files_and_keeps_order(tmp_path):
     good_in_order = [p for p in paths if p in good]
     assert sorted(paths) == sorted(good + list(bad)) and len(good_in_order) == 8
     failures = FailureLog()
-    batches = list(iter_batches(paths, tmp_path, (16, 8), 3, workers=2, failures=failures))
+    batches = list(iter_batches(PathSource(paths, tmp_path), (16, 8), 3, failures, workers=2))
     assert len(batches) == 3
     for b in batches:
         assert isinstance(b, Batch)
@@ -581,13 +579,13 @@ def test_iter_batches_records_unexpected_errors(tmp_path, monkeypatch):
     real = images.load_image
 
     def flaky(path, **kw):
-        if path.endswith("2.png"):
+        if str(path).endswith("2.png"):
             raise RuntimeError("boom")
         return real(path, **kw)
 
-    monkeypatch.setattr(images, "load_image", flaky)
+    monkeypatch.setattr(sources, "load_image", flaky)
     failures = FailureLog()
-    batches = list(iter_batches(list_images(tmp_path), tmp_path, (3,), 4, workers=3, failures=failures))
+    batches = list(iter_batches(PathSource(list_images(tmp_path), tmp_path), (3,), 4, failures, workers=3))
     assert [b.ids for b in batches] == [["0.png", "1.png", "3.png"]]
     assert failures.failures == [("2.png", "unexpected RuntimeError: boom")]
 
@@ -595,31 +593,33 @@ def test_iter_batches_records_unexpected_errors(tmp_path, monkeypatch):
 def test_iter_batches_all_bad_and_early_stop(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     failures = FailureLog()
-    assert list(iter_batches(["a.png", "missing.png"], tmp_path, (4,), 2, failures=failures)) == []
+    assert list(iter_batches(PathSource(["a.png", "missing.png"], tmp_path), (4,), 2, failures)) == []
     assert [r for _, r in failures.failures] == ["empty file (0 bytes)", "file not found"]
     assert FailureLog().summary() == "0 files skipped."
     for i in range(20):
         Image.new("RGB", (4, 4)).save(tmp_path / f"{i:02d}.png")
-    stream = iter_batches([f"{i:02d}.png" for i in range(20)], tmp_path, (4,), 2, workers=2, failures=failures)
+    stream = iter_batches(PathSource([f"{i:02d}.png" for i in range(20)], tmp_path), (4,), 2, failures, workers=2)
     assert next(stream).ids == ["00.png", "01.png"]
     stream.close()  # shuts the pool down without hanging
 
 
 def test_iter_batches_checks_arguments_eagerly(tmp_path):
+    empty = PathSource([], tmp_path)
     with pytest.raises(ValueError, match="sizes"):
-        iter_batches([], tmp_path, (), 2, failures=FailureLog())
+        iter_batches(empty, (), 2, FailureLog())
     with pytest.raises(ValueError, match="batch_size"):
-        iter_batches([], tmp_path, (4,), 0, failures=FailureLog())
+        iter_batches(empty, (4,), 0, FailureLog())
     with pytest.raises(ValueError, match="workers"):
-        iter_batches([], tmp_path, (4,), 2, workers=0, failures=FailureLog())
+        iter_batches(empty, (4,), 2, FailureLog(), workers=0)
 
 
-def test_as_batches_mixed_inputs(tmp_path):
+def test_in_memory_inputs_of_every_kind(tmp_path):
     arr = _noise(6, 6)
     grey = np.full((6, 6), 40, np.uint8)
     rgba = np.zeros((6, 6, 4), np.uint8)
     path = _save(Image.new("RGB", (6, 6), BLUE), tmp_path / "b.png")
-    batches = list(as_batches([arr, Image.new("RGB", (6, 6), RED), path, grey, rgba], (6,), 2))
+    batches = list(iter_batches(ArraySource([arr, Image.new("RGB", (6, 6), RED), path, grey, rgba]), (6,), 2,
+                                FailureLog()))
     assert [b.ids for b in batches] == [["0", "1"], ["2", "3"], ["4"]]
     got = np.concatenate([b.images[0][: len(b.ids)] for b in batches])
     expected = [arr, np.full((6, 6, 3), RED), np.full((6, 6, 3), BLUE), np.full((6, 6, 3), 40),
@@ -628,11 +628,11 @@ def test_as_batches_mixed_inputs(tmp_path):
     np.testing.assert_array_equal(batches[-1].valid, [True, False])
 
 
-def test_as_batches_bad_input_raises_naming_it(tmp_path):
+def test_a_bad_in_memory_input_raises_naming_it(tmp_path):
     with pytest.raises(ImageError, match=r"^images\[1\]: unsupported array"):
-        list(as_batches([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.complex64)], (4,), 2))
+        ArraySource([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.complex64)]).load(1)
     with pytest.raises(ImageError, match=r"^images\[0\]: expected a numpy array"):
-        list(as_batches([io.BytesIO(b"")], (4,), 2))
+        ArraySource([io.BytesIO(b"")]).load(0)
     missing = str(tmp_path / "missing.png")
     with pytest.raises(ImageError, match="missing.png: file not found"):
-        list(as_batches([missing], (4,), 2))
+        ArraySource([missing]).load(0)

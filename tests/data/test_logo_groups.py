@@ -1,5 +1,5 @@
 """Tests for the tmrjax.data.logo_groups builder: a tiny build from the synthetic package of conftest.py, read back
-through `tmrjax.evaluation.load_benchmark`."""
+through `tmrjax.data.sources.open_benchmark`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from tmrjax.data import iconify
 from tmrjax.data import logo_groups as lg
 from tmrjax.data import logo_marks as lm
-from tmrjax.evaluation import load_benchmark
+from tmrjax.data.sources import open_benchmark
+from tmrjax.data.tfds_source import open_split
 
 resvg = pytest.importorskip("resvg_py", reason="resvg-py renders the SVGs (pip install resvg-py)")
 
@@ -52,8 +53,10 @@ def test_build_and_read_back(tmp_path, iconify_package, latin_font):
         config, data_dir, iconify_dir=root, font_roots=[font_root], words_file=words, num_workers=1
     )
 
-    bench = load_benchmark("logo_groups/tiny", data_dir=data_dir)
-    records = [bench.record(row) for row in range(len(bench))]
+    bench = open_benchmark("logo_groups/tiny", data_dir=data_dir)
+    stored = [open_split(f"logo_groups/tiny:{split}", data_dir, images=False) for split in ("queries", "gallery")]
+    records = [split[i] for split in stored for i in range(len(split))]  # the fields as stored, PNG undecoded
+    assert [r["id"].decode() for r in records] == [bench.id(row) for row in range(len(bench))]
     ids, kinds, sets = _column(records, "id"), _column(records, "kind"), _column(records, "set")
     queries = bench.query_rows
     assert bench.num_queries == 6 and (bench.groups[queries] == 0).all()
@@ -70,7 +73,7 @@ def test_build_and_read_back(tmp_path, iconify_package, latin_font):
     assert "logos:beta-fill" in ids  # beta formed no group: its icons are distractors
     images = np.stack([bench.image(row) for row in range(len(bench))])
     assert images.shape == (len(bench), 224, 224, 3) and images.dtype == np.uint8
-    np.testing.assert_array_equal(images[0], lm.decode_png(bench.queries_fields[0]["image"]))  # the PNG as stored
+    np.testing.assert_array_equal(images[0], lm.decode_png(records[0]["image"]))  # the PNG as stored
     meta = tfds.builder_from_directory(str(built)).info.metadata
     assert meta["iconify_version"] == iconify.ICONIFY_VERSION
     assert meta["groups"][0]["brand"] == "alpha" and set(meta["failed_brands"]) == {"beta", "gamma"}
@@ -84,4 +87,4 @@ def test_build_and_read_back(tmp_path, iconify_package, latin_font):
 
 def test_reading_a_missing_build_names_the_build_call(tmp_path):
     with pytest.raises(FileNotFoundError, match="build_logo_groups"):
-        load_benchmark("logo_groups/small", data_dir=tmp_path)
+        open_benchmark("logo_groups/small", data_dir=tmp_path)

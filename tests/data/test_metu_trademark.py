@@ -114,9 +114,9 @@ def test_build_and_read_back(metu_source, tmp_path, kind, workers, caplog):
 def test_ids_and_groups_are_read_without_decoding_images(metu_source, tmp_path):
     """A labelled training source and a benchmark read the group labels and ids of every record
     from the split opened without image decoding; the images they serve are still decoded."""
+    from tmrjax.data.sources import open_benchmark, open_tfds
     from tmrjax.data.tfds_source import open_split
-    from tmrjax.evaluation import load_benchmark
-    from tmrjax.train.data import TfdsSource
+    from tmrjax.train.data import TrainingImages
 
     manual = _layout("folders", metu_source, tmp_path / "manual")
     data_dir = tmp_path / "tfds"
@@ -127,16 +127,16 @@ def test_ids_and_groups_are_read_without_decoding_images(metu_source, tmp_path):
     assert isinstance(fields[0]["image"], bytes) and np.asarray(decoded[0]["image"]).ndim == 3
     assert [fields[i]["id"] for i in range(len(fields))] == [decoded[i]["id"] for i in range(len(decoded))]
 
-    source = TfdsSource("metu_trademark:gallery+queries", 32, data_dir, labelled=True)
+    source = TrainingImages(open_tfds("metu_trademark:gallery+queries", data_dir), 32, labelled=True)
     assert len(source) == len(QUERIES)  # the unlabelled gallery (group -1) is left out
     assert source.class_names == ["1", "2", "3"]
     names = [decoded[i]["id"].decode() for i in range(len(decoded))]
     assert source.labels.tolist() == [QUERIES[n] - 1 for n in names]
     assert source.load(0).shape == (32, 32, 3)
 
-    bench = load_benchmark("metu_trademark", data_dir=data_dir)
+    bench = open_benchmark("metu_trademark", data_dir=data_dir)
     assert [bench.id(r) for r in range(bench.num_queries)] == names
-    assert bench.groups.tolist() == [QUERIES[n] for n in names] + [-1] * len(bench.gallery_rows)
+    assert bench.groups.tolist() == [QUERIES[n] for n in names] + [-1] * bench.num_distractors
     np.testing.assert_array_equal(bench.image(0), np.asarray(decoded[0]["image"]))
 
 

@@ -5,7 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tmrjax.kernels import crow, crow_channel_weights, crow_spatial_weights
+from tmrjax.kernels.crow import crow, crow_channel_weights, crow_spatial_weights
 
 SHAPES = [(1, 7, 11, 6), (7, 13, 5, 4)]  # non-square maps, batch sizes 1 and 7
 

@@ -17,9 +17,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tmrjax import cli
+from tmrjax.data.sources import FolderSource
 from tmrjax.pipeline import load_config
-from tmrjax.train import cosface, moco, trainer
-from tmrjax.train.data import BatchLoader, FolderSource
+from tmrjax.train import cosface, trainer
+from tmrjax.train.data import BatchLoader, TrainingImages
+from tmrjax.train.objective import AXIS
 from tmrjax.train.trainer import train
 
 DEVICES = 8
@@ -69,14 +71,14 @@ def test_sharded_step_equals_reference_step():
     labels = rng.integers(0, CLASSES, GLOBAL_BATCH).astype(np.int32)
     key = jax.random.key(3)
     state = host_copy(cosface.create_state(encoder, tx, config, CLASSES, jax.random.key(1)))
-    sharded_step = cosface.make_train_step(encoder, tx, config, mesh)
-    reference_step = cosface.make_reference_step(encoder, tx, config, DEVICES)
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(moco.AXIS))
+    sharded_step = cosface.COSFACE.train_step(encoder, tx, config, mesh)
+    reference_step = cosface.COSFACE.reference_step(encoder, tx, config, DEVICES)
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
     for step in range(2):  # step 0 has learning rate 0 (warm-up); step 1 moves the parameters
         out, terms = host_copy(sharded_step(jax.device_put(host_copy(state), replicated),
-                                            jax.device_put(images, sharded), jax.device_put(labels, sharded), key))
-        ref, ref_terms = host_copy(reference_step(jax.tree.map(jnp.asarray, state), jnp.asarray(images),
-                                                  jnp.asarray(labels), key))
+                                            (jax.device_put(images, sharded), jax.device_put(labels, sharded)), key))
+        ref, ref_terms = host_copy(reference_step(jax.tree.map(jnp.asarray, state),
+                                                  (jnp.asarray(images), jnp.asarray(labels)), key))
         assert sorted(terms) == ["accuracy", "loss", "param_norm"]
         for name in terms:
             np.testing.assert_allclose(terms[name], ref_terms[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -106,12 +108,12 @@ def labelled(tmp_path_factory, mark_factory):
 
 
 def test_folder_classes_are_the_top_level_subfolders(labelled):
-    source = FolderSource(labelled, 32, labelled=True)
+    source = TrainingImages(FolderSource(labelled), 32, labelled=True)
     assert source.class_names == ["brand0", "brand1", "brand2", "brand3"]
     assert len(source) == 20
-    for path, label in zip(source.paths, source.labels):
-        assert path.split("/")[0] == source.class_names[label]
-    assert FolderSource(labelled, 32).labels is None
+    for i, label in enumerate(source.labels):
+        assert source.name(i).split("/")[0] == source.class_names[label]
+    assert TrainingImages(FolderSource(labelled), 32).labels is None
 
 
 def test_images_outside_a_class_folder_are_refused(labelled, tmp_path):
@@ -120,7 +122,7 @@ def test_images_outside_a_class_folder_are_refused(labelled, tmp_path):
     shutil.copytree(labelled, tmp_path / "data")
     shutil.copy(labelled / "brand0" / "0.png", tmp_path / "data" / "stray.png")
     with pytest.raises(ValueError, match=r"1 images \(e.g. stray.png\) lie outside a class folder"):
-        FolderSource(tmp_path / "data", 32, labelled=True)
+        TrainingImages(FolderSource(tmp_path / "data"), 32, labelled=True)
 
 
 def test_a_replaced_unreadable_image_brings_its_own_label(labelled, tmp_path):
@@ -128,14 +130,11 @@ def test_a_replaced_unreadable_image_brings_its_own_label(labelled, tmp_path):
 
     shutil.copytree(labelled, tmp_path / "data")
     (tmp_path / "data" / "brand1" / "0.png").write_bytes(b"not a png")
-    source = FolderSource(tmp_path / "data", 32, labelled=True)
+    source = TrainingImages(FolderSource(tmp_path / "data"), 32, labelled=True)
     loader = BatchLoader(source, global_batch=20, seed=0, workers=2)
-    try:
-        [(_, (images, labels))] = list(loader.iterate(0, 1))
-    finally:
-        loader.close()
+    [(_, (images, labels))] = list(loader.iterate(0, 1))
     assert images.shape == (20, 32, 32, 3) and labels.dtype == np.int32
-    bad = source.paths.index("brand1/0.png")
+    bad = [source.name(i) for i in range(len(source))].index("brand1/0.png")
     assert [p for p, _ in loader.failures.failures] == ["brand1/0.png"]
     # the next item stands in for it, with that item's label
     assert sorted(labels.tolist()) == sorted(np.delete(source.labels, bad).tolist() + [source.labels[bad + 1]])

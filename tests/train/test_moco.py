@@ -1,7 +1,7 @@
 """tmrjax/train/moco.py: the data-parallel MoCo step on 8 CPU devices.
 
-The 8-device step (`make_train_step`, shard_map) is checked against the single-device
-reference (`make_reference_step`, vmap) on a tiny Hu2024Encoder, and the queue, the
+The 8-device step (`moco.MOCO.train_step`, shard_map) is checked against the single-device
+reference (`moco.MOCO.reference_step`, vmap) on a tiny Hu2024Encoder, and the queue, the
 shuffled BatchNorm and the un-shuffling are checked with a probe encoder whose output
 is the id written into each image's pixels and which records, per device, which images
 the query and the key encoder see.
@@ -68,12 +68,12 @@ def host_copy(tree):
 def sharded_step_on(step_fn, mesh, state, images, rng):
     """One step with state and images placed as trainer.train places them; host copies out."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(moco.AXIS))
-    state, terms = step_fn(jax.device_put(host_copy(state), replicated), jax.device_put(images, sharded), rng)
+    state, terms = step_fn(jax.device_put(host_copy(state), replicated), (jax.device_put(images, sharded),), rng)
     return host_copy(state), host_copy(terms)
 
 
 def reference_step_on(step_fn, state, images, rng):
-    state, terms = step_fn(jax.tree.map(jnp.asarray, host_copy(state)), jnp.asarray(images), rng)
+    state, terms = step_fn(jax.tree.map(jnp.asarray, host_copy(state)), (jnp.asarray(images),), rng)
     return host_copy(state), host_copy(terms)
 
 
@@ -106,7 +106,7 @@ def real():
     encoder = trainer.build_encoder(config)
     tx, _ = trainer.build_optimizer(config, STEPS_PER_EPOCH)
     mesh = trainer.make_mesh()
-    sharded_step = moco.make_train_step(encoder, tx, config, mesh)
+    sharded_step = moco.MOCO.train_step(encoder, tx, config, mesh)
     batches = random_batches(4, config.data.image_size)
     rng = jax.random.key(11)
     state = moco.create_state(encoder, tx, config, jax.random.key(7))
@@ -123,7 +123,7 @@ def step_pairs(real):
     of magnitude in the next (BatchNorm over 2-image shards, the top-k choice of negatives).
     """
     config, encoder, tx, state, batches, rng, (sharded_step, mesh) = real
-    reference_step = moco.make_reference_step(encoder, tx, config, DEVICES)
+    reference_step = moco.MOCO.reference_step(encoder, tx, config, DEVICES)
     pairs = []
     for images in batches:
         out, terms = sharded_step_on(sharded_step, mesh, state, images, rng)
@@ -165,7 +165,7 @@ def test_reference_with_another_grouping_differs(real, step_pairs):
     both encoders, and the comparison above notices: it can fail."""
     config, encoder, tx, _, batches, rng, _ = real
     before, (state, terms), _ = step_pairs[0]
-    other, other_terms = reference_step_on(moco.make_reference_step(encoder, tx, config, 4),
+    other, other_terms = reference_step_on(moco.MOCO.reference_step(encoder, tx, config, 4),
                                            before, batches[0], rng)
     assert abs(float(other_terms["loss"]) - float(terms["loss"])) > 1e-3 * abs(float(terms["loss"]))
     assert relative_error(other.queue, state.queue) > 1e-2
@@ -249,7 +249,7 @@ def probe():
     state = moco.create_state(encoder, tx, config, jax.random.key(3))
     state = state.replace(params_k=jax.tree.map(jnp.ones_like, state.params_k))
     mesh = trainer.make_mesh()
-    return moco.make_train_step(encoder, tx, config, mesh), host_copy(state), recorder, mesh
+    return moco.MOCO.train_step(encoder, tx, config, mesh), host_copy(state), recorder, mesh
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tmrjax.data.images import ImageError
-from tmrjax.train.data import BatchLoader, FolderSource, batch_indices, open_source
+from tmrjax.train.data import BatchLoader, TrainingImages, batch_indices, open_training_images
 
 
 class ArraySource:
@@ -46,10 +46,7 @@ def ids_of(batch):
 
 
 def run(loader, start, end):
-    try:
-        return list(loader.iterate(start, end))
-    finally:
-        loader.close()
+    return list(loader.iterate(start, end))
 
 
 # ------------------------------------------------------------------------- batch_indices
@@ -151,15 +148,15 @@ def test_loader_rejects_a_batch_it_cannot_split_between_processes():
         BatchLoader(ArraySource(50), 16, seed=0, process_count=3)
 
 
-# --------------------------------------------------------------------------- FolderSource
+# --------------------------------------------------------------------------- a folder to train on
 
 
 def test_folder_source_with_a_bad_file(tmp_path, mark_factory):
     _, write_marks = mark_factory
     paths = write_marks(tmp_path, count=19)
     (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    source = open_source(str(tmp_path), 24)
-    assert isinstance(source, FolderSource) and source.size == 24
+    source = open_training_images(str(tmp_path), 24)
+    assert isinstance(source, TrainingImages) and source.size == 24
     assert len(source) == 20
     names = [source.name(i) for i in range(len(source))]
     assert names == sorted(paths + ["a/broken.png"])
@@ -184,4 +181,4 @@ def test_folder_source_with_a_bad_file(tmp_path, mark_factory):
 def test_folder_source_without_images(tmp_path):
     (tmp_path / "notes.txt").write_text("no marks here")
     with pytest.raises(ValueError, match="no images to train on"):
-        FolderSource(tmp_path, 24)
+        open_training_images(str(tmp_path), 24)

@@ -25,6 +25,7 @@ import pytest
 from tmrjax import cli
 from tmrjax.pipeline import load_config
 from tmrjax.train import moco, trainer
+from tmrjax.train.objective import Objective, augment_config
 from tmrjax.train.trainer import TrainingDiverged, train
 
 NUM_MARKS = 40
@@ -193,16 +194,16 @@ def test_resume_may_change_what_is_not_trained(marks, stopped, tmp_path):
 
 
 def poisoned_step_factory(at_step, part):
-    """`moco.make_train_step` whose step from state.step == at_step returns NaN loss terms
+    """`Objective.train_step` whose step from state.step == at_step returns NaN loss terms
     (part="terms"), or finite terms and NaN parameters (part="params": an overflowing update)."""
-    real = moco.make_train_step
+    real = Objective.train_step
 
-    def make(encoder, tx, config, mesh):
-        step_fn = real(encoder, tx, config, mesh)
+    def make(self, encoder, tx, config, mesh):
+        step_fn = real(self, encoder, tx, config, mesh)
 
-        def step(state, images, rng):
+        def step(state, batch, rng):
             current = int(state.step)
-            state, terms = step_fn(state, images, rng)
+            state, terms = step_fn(state, batch, rng)
             if current == at_step and part == "terms":
                 terms = {name: value * jnp.nan for name, value in terms.items()}
             if current == at_step and part == "params":
@@ -216,7 +217,7 @@ def poisoned_step_factory(at_step, part):
 
 def diverge(marks, workdir, at_step, part):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(moco, "make_train_step", poisoned_step_factory(at_step, part))
+        patch.setattr(Objective, "train_step", poisoned_step_factory(at_step, part))
         with pytest.raises(TrainingDiverged) as info:
             quiet_train(tiny_config(marks), workdir, max_steps=6)
     return str(info.value)
@@ -425,59 +426,45 @@ def test_set_config_field_accepts_any_augmentation_field():
     cli.set_config_field(config, "augment.blur_sigma", (0.1, 0.6))
     cli.set_config_field(config, "moco.momentum", 0.99)
     assert tuple(config.augment.blur_sigma) == (0.1, 0.6) and config.moco.momentum == 0.99
-    assert moco.augment_config(config).blur_sigma == (0.1, 0.6)
+    assert augment_config(config).blur_sigma == (0.1, 0.6)
 
 
 # ----------------------------------------------------------------------------------------
 # Periodic retrieval evaluation (raw and, as hu2024 Sec. 4.2 evaluates, PCA-whitened)
 
 
-def test_whitening_for_evaluation_is_learned_on_the_gallery_only():
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(60, 12)).astype(np.float32)
-    white = trainer.whiten_on_gallery(vectors, num_queries=10, dim=6)
-    assert white.shape == (60, 6)
-    np.testing.assert_allclose(np.linalg.norm(white, axis=1), 1.0, atol=1e-5)
-    moved = vectors.copy()
-    moved[:10] = rng.normal(size=(10, 12)) * 5  # other queries: the same whitening of the gallery
-    np.testing.assert_allclose(trainer.whiten_on_gallery(moved, 10, 6)[10:], white[10:], atol=1e-5)
-    # numpy reference (cosines do not depend on the eigenvectors' signs)
-    gallery = vectors[10:].astype(np.float64)
-    values, vecs = np.linalg.eigh(np.cov(gallery, rowvar=False))
-    order = np.argsort(values)[::-1][:6]
-    ref = (vectors - gallery.mean(axis=0)) @ (vecs[:, order] / np.sqrt(values[order] + 1e-6))
-    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    np.testing.assert_allclose(white @ white.T, ref @ ref.T, atol=1e-4)
-
-
-def test_evaluation_reports_raw_and_pca_whitened_retrieval(monkeypatch, mark_factory, marks):
-    import tmrjax.evaluation
-    from tmrjax.evaluation import Benchmark
+def test_evaluation_reports_raw_and_pca_whitened_retrieval(monkeypatch, mark_factory, marks, tmp_path):
+    import tmrjax.data.sources
+    from tmrjax.data.sources import Benchmark
 
     draw_mark = mark_factory[0]
     queries = [{"image": np.asarray(draw_mark(g, size).convert("RGB")), "id": f"g{g}-{m}".encode(), "group": g}
                for g in range(3) for m, size in enumerate([(96, 96), (128, 80)])]
     gallery = [{"image": np.asarray(draw_mark(100 + i).convert("RGB")), "id": f"d{i}".encode(), "group": -1}
                for i in range(24)]
-    bench = Benchmark("tiny/bench", queries, gallery, np.arange(len(gallery)))
-    monkeypatch.setattr(tmrjax.evaluation, "load_benchmark", lambda *a, **k: bench)
+    bench = Benchmark.from_records("tiny/bench", queries, gallery)
+    monkeypatch.setattr(tmrjax.data.sources, "open_benchmark", lambda *a, **k: bench)
     config = tiny_config(marks, **{"eval.every_steps": 1, "eval.batch_size": 8, "eval.pca_whitening_dim": 4})
     encoder = trainer.build_encoder(config)
     variables = encoder.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=False, project=True)
     state = moco.TrainState(step=0, params=variables["params"], batch_stats=variables["batch_stats"],
                             params_k=None, batch_stats_k=None, opt_state=None, queue=None, queue_ptr=None)
     lines = []
-    record = trainer._Evaluator(config, encoder, lines.append)(state, 7)
+    record = trainer.Evaluator(config, tmp_path / "eval", lines.append)(state, 7)
     assert record["step"] == 7 and record["protocol"] == "metu-official"
     assert 0 <= record["NAR"] <= 1 and 0 < record["MAP@100"] <= 1
     white = record["pca_whitened"]
     assert white["dim"] == 4 and 0 <= white["NAR"] <= 1 and 0 < white["MAP@100"] <= 1
     [line] = lines
     assert "NAR" in line and "PCA-w 4: NAR" in line
+    # PCA-w is fitted by `tmrjax fit`'s code on the gallery only, never on a query
+    [fitted] = (tmp_path / "eval" / "step-7").glob("*/pipeline.json")
+    data = json.loads(fitted.read_text())["data"]
+    assert data["images"].startswith("tiny/bench:gallery") and data["images_used"] == 24
 
     config.eval.pca_whitening_dim = 257  # the tiny encoder's feature: GAP of its 256-channel end map
     with pytest.raises(ValueError, match="eval.pca_whitening_dim=257 exceeds the encoder's 256-d features"):
-        trainer._Evaluator(config, encoder, lines.append)
+        trainer.Evaluator(config, tmp_path / "eval", lines.append)
     config.eval.pca_whitening_dim = 24  # 24 gallery marks cannot give 24 whitened dimensions
     with pytest.raises(ValueError, match="eval.pca_whitening_dim=24 needs more than 24 gallery images"):
-        trainer._Evaluator(config, encoder, lines.append)
+        trainer.Evaluator(config, tmp_path / "eval", lines.append)

@@ -1,16 +1,14 @@
-"""Image loading, padding to square, folder listing and failure-tolerant batching.
+"""Image loading, padding to square, folder listing and fixed-shape batches.
 
-Every image entering tmrjax comes through `load_image` (files) or `as_batches` (in-memory inputs) and leaves
+Every image entering tmrjax comes through `load_image` (files) or `as_rgb` (in-memory inputs) and leaves
 as uint8 (H, W, 3) RGB on white. Trademarks are kept whole: images are padded with white to a square and
 resized, never cropped (Tursun et al. 2019, Sec. 4.1). A file that cannot be read raises `ImageError` naming
-the file and the reason; `iter_batches` records it in a `FailureLog` and goes on with the rest, as
-`list_images` does with an entry or folder it cannot read.
+the file and the reason; `data.sources.iter_batches` records it in a `FailureLog` and goes on with the rest,
+as `list_images` does with an entry or folder it cannot read.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import errno
 import json
@@ -21,7 +19,7 @@ import sys
 import threading
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 import numpy as np
@@ -203,7 +201,7 @@ def prepare_multi(img: np.ndarray, sizes: tuple[int, ...]) -> tuple[np.ndarray, 
         raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got shape {shape} dtype {dtype}")
     if 0 in img.shape:
         raise ValueError(f"expected a non-empty image, got shape {img.shape}")
-    _check_sizes(sizes)
+    check_sizes(sizes)
     square = pad_to_square(img)
     pil = Image.fromarray(square)
     out = []
@@ -215,7 +213,7 @@ def prepare_multi(img: np.ndarray, sizes: tuple[int, ...]) -> tuple[np.ndarray, 
     return tuple(out)
 
 
-def _check_sizes(sizes: tuple[int, ...]) -> None:
+def check_sizes(sizes: tuple[int, ...]) -> None:
     positive = all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes) if isinstance(sizes, tuple) else False
     if not sizes or not positive:
         raise ValueError(f"sizes must be a non-empty tuple of positive ints, got {sizes!r}")
@@ -334,76 +332,10 @@ class FailureLog:
             f.write("\n")
 
 
-def iter_batches(
-    paths: Sequence[str],
-    root: str | os.PathLike,
-    sizes: tuple[int, ...],
-    batch_size: int,
-    *,
-    workers: int = 4,
-    failures: FailureLog,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Iterator[Batch]:
-    """Stream `paths` (relative to `root`) as fixed-shape Batches, in order, loading in a thread pool.
-
-    A file that fails to load, for any reason, is recorded in `failures` and left out; the stream goes on.
-    At most 2 * batch_size (and at least 2 * workers) images are loaded ahead of the consumer.
-    """
-    _check_sizes(sizes)
-    _check_positive(batch_size=batch_size, workers=workers)
-    loaded = _load_all(list(paths), os.fspath(root), sizes, workers, failures, max_pixels, 2 * batch_size)
-    return assemble_batches(loaded, sizes, batch_size)
-
-
-def _load_all(paths, root, sizes, workers, failures, max_pixels, readahead) -> Iterator[tuple[str, tuple]]:
-    readahead = max(readahead, 2 * workers)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tmrjax-load")
-    pending: collections.deque = collections.deque()
-    todo = iter(paths)
-    try:
-        while True:
-            for rel in todo:
-                path = os.path.join(root, rel)
-                pending.append((rel, pool.submit(_load_prepared, path, sizes, max_pixels)))
-                if len(pending) >= readahead:
-                    break
-            if not pending:
-                return
-            rel, future = pending.popleft()
-            try:
-                prepared = future.result()
-            except ImageError as e:
-                failures.add(rel, e.reason)
-                continue
-            except Exception as e:  # noqa: BLE001 -- one odd file must not end a run over a million
-                failures.add(rel, f"unexpected {type(e).__name__}: {e}")
-                continue
-            yield rel, prepared
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _load_prepared(path: str, sizes: tuple[int, ...], max_pixels: int) -> tuple[np.ndarray, ...]:
-    return prepare_multi(load_image(path, max_pixels=max_pixels), sizes)
-
-
-def as_batches(
-    images: Sequence[np.ndarray | Image.Image | str | os.PathLike],
-    sizes: tuple[int, ...],
-    batch_size: int,
-) -> Iterator[Batch]:
-    """Fixed-shape Batches from in-memory inputs (arrays, PIL images or file paths); ids are the indices.
-
-    Arrays go through PIL's `fromarray` and then the same conversion as files (uint8 (H, W), (H, W, 3) or
-    (H, W, 4); uint16, int32 or float32 (H, W) are rescaled). A bad input raises ImageError naming it.
-    """
-    _check_sizes(sizes)
-    _check_positive(batch_size=batch_size)
-    prepared = ((str(i), prepare_multi(_as_rgb(x, i), sizes)) for i, x in enumerate(images))
-    return assemble_batches(prepared, sizes, batch_size)
-
-
-def _as_rgb(x: np.ndarray | Image.Image | str | os.PathLike, index: int) -> np.ndarray:
+def as_rgb(x: np.ndarray | Image.Image | str | os.PathLike, index: int) -> np.ndarray:
+    """An in-memory input (a uint8 (H, W), (H, W, 3) or (H, W, 4) array, uint16/int32/float32 (H, W)
+    rescaled; a PIL image; a file path) as uint8 (H, W, 3), converted as files are; a bad input
+    raises ImageError naming it ``images[index]``."""
     if isinstance(x, (str, os.PathLike)):
         return load_image(x)
     name = f"images[{index}]"
@@ -438,7 +370,7 @@ def assemble_batches(items: Iterable[tuple[str, tuple[np.ndarray, ...]]], sizes,
         yield Batch(ids, arrays, np.arange(batch_size) < len(ids))
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
     for name, v in values.items():
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")

@@ -8,7 +8,7 @@ relevant images are the other members of its `group` (the METU protocol, Tursun 
 Install the inputs with `scripts/setup_logobench.sh`, then
 
     python -c "from tmrjax.data.logo_groups import build_logo_groups; build_logo_groups('small')"
-    bench = tmrjax.evaluation.load_benchmark("logo_groups/small")
+    bench = tmrjax.data.sources.open_benchmark("logo_groups/small")
 
 The build is deterministic by `seed` given the package version, fonts and word list, which it records in the
 dataset's metadata with the counts, the sets and licences, and why each listed brand without a group has none.

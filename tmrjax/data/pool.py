@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any

@@ -1,4 +1,4 @@
-"""Streaming a tensorflow-datasets split as fixed-shape batches, without TensorFlow.
+"""Opening a prepared tensorflow-datasets split without TensorFlow (`data.sources` reads it).
 
 Datasets written as array_record are read with `tfds.data_source`; each record must have
 an ``image`` (H, W, 3) uint8 and an ``id`` string.
@@ -7,11 +7,6 @@ an ``image`` (H, W, 3) uint8 and an ``id`` string.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-
-import numpy as np
-
-from .images import Batch, ImageError, assemble_batches, prepare_multi
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -46,25 +41,3 @@ def open_split(spec: str, data_dir: str | os.PathLike | None = None, images: boo
             else "see the dataset's builder for how to prepare it"
         )
         raise FileNotFoundError(f"tfds dataset {name}:{split} is not prepared in {where}: {hint} ({e})") from None
-
-
-def _record_id(record: dict, index: int) -> str:
-    value = record.get("id", index)
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def iter_tfds_batches(
-    spec: str, sizes: tuple[int, ...], batch_size: int, data_dir: str | os.PathLike | None = None
-) -> tuple[Iterator[Batch], int]:
-    """(batches, number of records) over a tfds split; ids from the records' ``id`` field."""
-    source = open_split(spec, data_dir)
-
-    def items():
-        for i in range(len(source)):
-            record = source[i]
-            image = np.asarray(record["image"])
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ImageError(f"{spec}[{i}]", f"expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
-            yield _record_id(record, i), prepare_multi(image, sizes)
-
-    return assemble_batches(items(), sizes, batch_size), len(source)

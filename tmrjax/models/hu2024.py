@@ -22,8 +22,8 @@ Hu & Li 2024, "A Trademark Retrieval Method Based on Self-Supervised Learning", 
 With every switch off the encoder is the plain ResNet50 + global average pooling of conv5 (the
 "SSL" row of Fig. 6). The trunk is ``params["backbone"]`` / ``batch_stats["backbone"]`` with the
 exact paths of :class:`tmrjax.models.ResNet50`, so converted ImageNet weights go in with
-:func:`init_from_backbone`; the new modules sit beside it (``eca_conv2`` ..., ``coordinate_attention``,
-``awff_256`` ..., ``laff``, ``projection_head``).
+:func:`tmrjax.weights.init_from_backbone`; the new modules sit beside it (``eca_conv2`` ...,
+``coordinate_attention``, ``awff_256`` ..., ``laff``, ``projection_head``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from .resnet import STAGES, Bottleneck, ResNet50
 
@@ -371,30 +370,3 @@ def feature_dim(encoder: Hu2024Encoder, size: int) -> int:
 
     return int(jax.eval_shape(feature, images).shape[-1])
 
-
-def init_from_backbone(backbone_variables: Mapping, variables: Mapping) -> dict:
-    """``variables`` (a Hu2024Encoder's) with its trunk replaced by ResNet50 ``backbone_variables``.
-
-    ``backbone_variables`` is what ``tmrjax.load_backbone`` (or ``ResNet50.init``) returns for a
-    resnet50 of the encoder's layout; every one of its arrays must land on an encoder trunk
-    array of the same shape and every trunk array must be covered, else WeightsError names the
-    keys. New modules (ECA, CA, AWFF, LAFF, head) keep their values; arrays take the encoder's
-    dtypes.
-    """
-    from ..weights import WeightsError, flatten_variables, key_problems  # weights.py builds models
-
-    source = flatten_variables(backbone_variables)
-    target = flatten_variables(variables)
-    trunk = {k: v for k, v in target.items() if len(k) > 1 and k[1] == BACKBONE}
-    wanted = {(k[0],) + k[2:]: k for k in trunk}
-    problems = key_problems(
-        {k: trunk[dest].shape for k, dest in wanted.items()}, source, missing="missing in backbone",
-        unexpected="not in the encoder trunk", shape_words=("encoder has", "backbone has"),
-    )
-    if problems:
-        raise WeightsError("init_from_backbone: backbone variables do not fit the Hu2024Encoder "
-                           "trunk: " + " | ".join(problems))
-    flat = dict(target)
-    for key, dest in wanted.items():
-        flat[dest] = jnp.asarray(source[key], dtype=trunk[dest].dtype)
-    return traverse_util.unflatten_dict(flat)

@@ -5,29 +5,28 @@ similar marks before (or instead of) self-supervision; `tmrjax train --config co
 runs it on any folder-per-class tree or a tfds split with group labels, and a MoCo run starts
 from the exported encoder with ``init_encoder``.
 
-One pure per-shard step, data-parallel as `tmrjax.train.moco`: one augmented view per image
-(hu2024's augmentation), the encoder's retrieval feature (projection head unused), CosFace
-against a learned l2-normalised weight per class, gradients and BatchNorm statistics averaged
-over devices, CAME on the encoder and the class weights together.
+One pure per-shard step, the trainer's "cosface" objective (`COSFACE`, data-parallel as every
+objective is: `tmrjax.train.objective`): one augmented view per image (hu2024's augmentation),
+the encoder's retrieval feature (projection head unused), CosFace against a learned
+l2-normalised weight per class, gradients and BatchNorm statistics averaged over devices, CAME
+on the encoder and the class weights together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from ..kernels.pooling import l2_normalize
 from ..models.hu2024 import feature_dim
 from . import losses
 from .augment import AugmentConfig, augment_batch
-from .moco import AXIS, augment_config
+from .objective import AXIS, Objective
 
 
 @flax.struct.dataclass
@@ -104,29 +103,11 @@ def shard_step(
     return new_state, terms
 
 
-def _bind(encoder, tx, config) -> Callable:
-    augment = augment_config(config)
-    return lambda state, images, labels, rng: shard_step(
-        state, images, labels, rng, encoder=encoder, tx=tx, config=config, augment=augment
-    )
+def _state_for_source(encoder, tx, config: ConfigDict, source, rng: jax.Array, variables: Any) -> SupervisedState:
+    """`create_state` as the trainer calls it: one class weight per class of the labelled source."""
+    return create_state(encoder, tx, config, len(source.class_names), rng, variables)
 
 
-def make_train_step(encoder, tx, config: ConfigDict, mesh: jax.sharding.Mesh) -> Callable:
-    """The data-parallel step: state replicated, images and labels sharded over "data"."""
-    step = jax.shard_map(
-        _bind(encoder, tx, config), mesh=mesh,
-        in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=(P(), P()), check_vma=False,
-    )
-    return jax.jit(step, donate_argnums=(0,))
-
-
-def make_reference_step(encoder, tx, config: ConfigDict, num_shards: int) -> Callable:
-    """The same step on one device, the global batch split into `num_shards` groups under vmap."""
-    per_shard = jax.vmap(_bind(encoder, tx, config), in_axes=(None, 0, 0, None), out_axes=(0, 0), axis_name=AXIS)
-
-    def step(state, images, labels, rng):
-        grouped = images.reshape((num_shards, images.shape[0] // num_shards) + images.shape[1:])
-        new_state, terms = per_shard(state, grouped, labels.reshape(num_shards, -1), rng)
-        return jax.tree.map(lambda x: x[0], (new_state, terms))
-
-    return jax.jit(step)
+COSFACE = Objective(
+    name="cosface", section="cosface", labelled=True, create_state=_state_for_source, shard_step=shard_step,
+)

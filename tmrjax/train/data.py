@@ -7,115 +7,69 @@ of a multi-host run loads only its own slice of every global batch.
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Iterator
 
 import numpy as np
 
-from ..data.images import FailureLog, ImageError, list_images, load_image, prepare
+from ..data.images import FailureLog, ImageError, prepare
+from ..data.pool import ordered_map
+from ..data.sources import FolderSource, ImageSource, open_source
 
 
-class ImageSource(Protocol):
-    """Random access to square uint8 RGB marks of one size."""
+class TrainingImages:
+    """The images of an `ImageSource` a run trains on, prepared as white-padded squares of one size.
 
-    size: int
-
-    def __len__(self) -> int: ...
-
-    def load(self, index: int) -> np.ndarray: ...
-
-    def name(self, index: int) -> str: ...
-
-
-class FolderSource:
-    """Every image under a folder (recursively), padded to a white square and resized.
-
-    `labelled`: folder-per-class data for supervised pre-training; an image's class is its
-    top-level subfolder under `root` (`root/<class>/.../image.png`), classes numbered in
-    sorted order. Images directly in `root` have no class and are refused.
+    `labelled`: class labels for supervised pre-training, numbered in sorted order of the class
+    names: a folder's class is an image's top-level subfolder (``root/<class>/.../image.png``;
+    images directly in root have none and are refused), a tfds record's is its ``group`` (records
+    without one, group < 0, are left out).
     """
 
-    def __init__(self, root: str | os.PathLike, size: int, labelled: bool = False):
-        self.root = Path(root)
+    def __init__(self, source: ImageSource, size: int, labelled: bool = False):
+        self.source = source
         self.size = size
-        self.paths = list_images(self.root)
-        if not self.paths:
-            raise ValueError(f"{self.root}: no images to train on")
+        if not len(source):
+            raise ValueError(f"{source.describe()}: no images to train on")
+        self.rows = np.arange(len(source))
         self.labels = self.class_names = None
         if labelled:
-            loose = [p for p in self.paths if "/" not in p]
-            if loose:
-                raise ValueError(
-                    f"{self.root}: {len(loose)} images (e.g. {loose[0]}) lie outside a class folder; "
-                    f"labelled training reads <root>/<class>/<image>"
-                )
-            classes = [p.split("/", 1)[0] for p in self.paths]
-            self.class_names = sorted(set(classes))
-            index = {name: i for i, name in enumerate(self.class_names)}
-            self.labels = np.array([index[c] for c in classes], np.int32)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, index: int) -> np.ndarray:
-        return prepare(load_image(self.root / self.paths[index]), self.size)
-
-    def name(self, index: int) -> str:
-        return self.paths[index]
-
-
-class TfdsSource:
-    """One or more splits of a tfds dataset read through `tfds.data_source` (no TensorFlow).
-
-    `spec` is ``NAME/CONFIG:SPLIT[+SPLIT...]``, e.g. ``logo_groups/small:queries+gallery``.
-    """
-
-    def __init__(self, spec: str, size: int, data_dir: str | os.PathLike | None = None, labelled: bool = False):
-        from ..data.tfds_source import open_split, parse_spec
-
-        name, splits = parse_spec(spec)
-        self.spec = spec
-        self.size = size
-        self.sources = [open_split(f"{name}:{split}", data_dir) for split in splits.split("+")]
-        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
-        self.rows = np.arange(int(self.offsets[-1]))
-        self.labels = self.class_names = None
-        if labelled:  # records with a "group" >= 0 (e.g. logo_groups' and METU's queries)
-            fields = [open_split(f"{name}:{split}", data_dir, images=False) for split in splits.split("+")]
-            groups = np.array([int(source[i].get("group", -1)) for source in fields for i in range(len(source))])
-            self.rows = self.rows[groups >= 0]
+            classes = _class_names(source)
+            self.rows = self.rows[[c is not None for c in classes]]
             if not len(self.rows):
-                raise ValueError(f"{spec}: no record has a group label >= 0 to train on")
-            self.class_names = [str(g) for g in sorted(set(groups[self.rows].tolist()))]
-            index = {int(g): i for i, g in enumerate(self.class_names)}
-            self.labels = np.array([index[int(g)] for g in groups[self.rows]], np.int32)
+                raise ValueError(f"{source.describe()}: no image has a class (group) label to train on")
+            self.class_names = sorted({classes[r] for r in self.rows})
+            index = {name: i for i, name in enumerate(self.class_names)}
+            self.labels = np.array([index[classes[r]] for r in self.rows], np.int32)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _record(self, index: int) -> dict:
-        row = int(self.rows[index])
-        which = int(np.searchsorted(self.offsets, row, side="right") - 1)
-        return self.sources[which][row - int(self.offsets[which])]
-
     def load(self, index: int) -> np.ndarray:
-        image = np.asarray(self._record(index)["image"])
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ImageError(self.name(index), f"expected (H, W, 3) image, got {image.shape}")
-        return prepare(image.astype(np.uint8), self.size)
+        return prepare(self.source.load(int(self.rows[index])), self.size)
 
     def name(self, index: int) -> str:
-        return f"{self.spec}[{index}]"
+        return self.source.ids[int(self.rows[index])]
 
 
-def open_source(spec: str, size: int, labelled: bool = False) -> ImageSource:
-    """``tfds:NAME/CONFIG:SPLITS`` or a folder path; `labelled` adds `labels` (see the sources)."""
-    if spec.startswith("tfds:"):
-        return TfdsSource(spec[len("tfds:"):], size, labelled=labelled)
-    return FolderSource(spec, size, labelled=labelled)
+def _class_names(source: ImageSource) -> list[str | None]:
+    """Each image's class: its record's group (>= 0), or a folder's top-level subfolder."""
+    if isinstance(source, FolderSource):
+        loose = [p for p in source.ids if "/" not in p]
+        if loose:
+            raise ValueError(
+                f"{source.root}: {len(loose)} images (e.g. {loose[0]}) lie outside a class folder; "
+                f"labelled training reads <root>/<class>/<image>"
+            )
+        return [p.split("/", 1)[0] for p in source.ids]
+    groups = getattr(source, "groups", None)
+    if groups is None:
+        raise ValueError(f"{source.describe()}: has no class labels (a folder per class or tfds records with groups)")
+    return [str(int(g)) if g >= 0 else None for g in groups]
+
+
+def open_training_images(spec: str, size: int, labelled: bool = False) -> TrainingImages:
+    """A training set from a source string (`data.sources.open_source`: a folder or ``tfds:NAME:SPLITS``)."""
+    return TrainingImages(open_source(spec), size, labelled=labelled)
 
 
 def batch_indices(
@@ -137,7 +91,7 @@ def batch_indices(
 
 
 class BatchLoader:
-    """Loads the uint8 batches of consecutive steps ahead of time in a thread pool.
+    """Loads the uint8 batches of consecutive steps ahead of time (`data.pool.ordered_map` threads).
 
     A file that cannot be read is reported once in `failures` and replaced in its batch by
     the next readable item of the dataset (deterministically), so shapes stay static.
@@ -145,7 +99,7 @@ class BatchLoader:
 
     def __init__(
         self,
-        source: ImageSource,
+        source: TrainingImages,
         global_batch: int,
         seed: int,
         process_index: int = 0,
@@ -162,7 +116,7 @@ class BatchLoader:
         self.process_count = process_count
         self.failures = FailureLog()
         self._bad: set[int] = set()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tmrjax-train")
+        self.workers = workers
         self.prefetch_steps = prefetch_steps
 
     def _load_one(self, index: int) -> tuple[np.ndarray, int]:
@@ -189,32 +143,14 @@ class BatchLoader:
         indices = batch_indices(
             step, self.global_batch, len(self.source), self.seed, self.process_index, self.process_count
         )
-        images, loaded = zip(*self._pool.map(self._load_one, indices.tolist()))
+        images, loaded = zip(*(v for _, v in ordered_map(self._load_one, indices.tolist(), workers=self.workers)))
         labels = getattr(self.source, "labels", None)
         if labels is None:
             return np.stack(images)
         return np.stack(images), labels[np.array(loaded)]  # a replaced item brings its own label
 
     def iterate(self, start_step: int, num_steps: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(step, uint8 (local_batch, S, S, 3)) for steps start_step .. num_steps - 1; for a
-        labelled source (step, (images, int32 labels (local_batch,)))."""
-        ahead: list[tuple[int, concurrent.futures.Future]] = []
-        step = start_step
-        feeder = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        try:
-            while step < num_steps or ahead:
-                while step < num_steps and len(ahead) < self.prefetch_steps:
-                    ahead.append((step, feeder.submit(self._load_step, step)))
-                    step += 1
-                s, future = ahead.pop(0)
-                yield s, future.result()
-        finally:
-            feeder.shutdown(wait=False, cancel_futures=True)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def take_images(source: ImageSource, indices: Sequence[int]) -> np.ndarray:
-    """uint8 stack of the given items (for evaluation sets)."""
-    return np.stack([source.load(int(i)) for i in indices])
+        """(step, uint8 (local_batch, S, S, 3)) for steps start_step .. num_steps - 1, `prefetch_steps`
+        ahead; for a labelled source (step, (images, int32 labels (local_batch,)))."""
+        yield from ordered_map(self._load_step, range(start_step, num_steps),
+                               workers=self.prefetch_steps, in_flight=self.prefetch_steps)

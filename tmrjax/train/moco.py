@@ -1,8 +1,9 @@
 """MoCo v2 with hu2024's changes, data-parallel over every device.
 
-One pure per-shard step (`shard_step`) holds the whole method; it runs under
-`jax.shard_map` over the mesh axis "data" (one shard per device) or, for the
-single-device reference, under `jax.vmap` with the same axis name. Per step:
+One pure per-shard step (`shard_step`) holds the whole method; `MOCO` is the trainer's
+"moco" objective, whose step runs under `jax.shard_map` over the mesh axis "data" (one shard
+per device) or, for the single-device reference, under `jax.vmap` with the same axis name
+(`tmrjax.train.objective`). Per step:
 
   two augmented views of the local batch (on device)
   key encoder (momentum weights) on the key views, with shuffled BatchNorm: the key
@@ -23,14 +24,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from ..kernels.pooling import l2_normalize
 from . import losses
 from .augment import AugmentConfig, two_views
-
-AXIS = "data"
+from .objective import AXIS, Objective
 
 
 @flax.struct.dataclass
@@ -145,44 +144,6 @@ def shard_step(
     return new_state, terms
 
 
-def augment_config(config: ConfigDict) -> AugmentConfig:
-    """The config's `augment` fields over hu2024's defaults (tuples restored from lists)."""
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.augment.to_dict().items()}
-    return AugmentConfig(**fields)
-
-
-def _bind(encoder, tx, config) -> Callable:
-    augment = augment_config(config)
-    return lambda state, images, rng: shard_step(
-        state, images, rng, encoder=encoder, tx=tx, config=config, augment=augment
-    )
-
-
-def make_train_step(encoder, tx, config: ConfigDict, mesh: jax.sharding.Mesh) -> Callable:
-    """The data-parallel step: state replicated, images sharded over the mesh's "data" axis."""
-    step = jax.shard_map(
-        _bind(encoder, tx, config), mesh=mesh,
-        in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=False,
-    )
-    return jax.jit(step, donate_argnums=(0,))
-
-
-def make_reference_step(encoder, tx, config: ConfigDict, num_shards: int) -> Callable:
-    """The same step on one device: the global batch split into `num_shards` groups under vmap.
-
-    BatchNorm statistics are per shard by design (MoCo's shuffled BN), so the single-device
-    reference groups the batch exactly as the devices would.
-    """
-    per_shard = jax.vmap(_bind(encoder, tx, config), in_axes=(None, 0, None), out_axes=(0, 0), axis_name=AXIS)
-
-    def step(state, images, rng):
-        grouped = images.reshape((num_shards, images.shape[0] // num_shards) + images.shape[1:])
-        new_state, terms = per_shard(state, grouped, rng)
-        return jax.tree.map(lambda x: x[0], (new_state, terms))
-
-    return jax.jit(step)
-
-
 def check_queue(config: ConfigDict, global_batch: int) -> None:
     """The queue must hold a whole number of global batches (keys enqueue without wrapping)."""
     if config.moco.queue_size % global_batch:
@@ -197,7 +158,28 @@ def check_queue(config: ConfigDict, global_batch: int) -> None:
         )
 
 
+def check_config(config: ConfigDict, num_images: int, global_batch: int, log: Callable[[str], Any]) -> None:
+    """The queue checks, and a warning when the queue is large against the data."""
+    check_queue(config, global_batch)
+    if config.moco.queue_size > num_images // 2:
+        log(f"warning    moco.queue_size={config.moco.queue_size} holds keys of more than half of the "
+            f"{num_images} training images: an anchor's own key from the previous epoch can sit in the "
+            f"queue as a negative, and hard-negative selection picks it first; use a queue well below "
+            f"the dataset size")
+
+
 def encode(encoder, variables: Any, images: jax.Array) -> jax.Array:
     """Retrieval features (projection head removed, hu2024 Sec. 4.2), l2-normalised."""
     feature = encoder.apply(variables, images, train=False, project=False)
     return l2_normalize(feature.astype(jnp.float32))
+
+
+def _state_for_source(encoder, tx, config: ConfigDict, source, rng: jax.Array, variables: Any) -> TrainState:
+    """`create_state` as the trainer calls it; the data does not shape MoCo's state."""
+    return create_state(encoder, tx, config, rng, variables)
+
+
+MOCO = Objective(
+    name="moco", section="moco", labelled=False,
+    create_state=_state_for_source, shard_step=shard_step, check_config=check_config,
+)

@@ -1,7 +1,8 @@
 """The training run: devices, data, checkpoints, logs, evaluation (`tmrjax train`).
 
-`config.objective` picks the step: "moco" (hu2024's self-supervised MoCo v2, unlabelled
-marks) or "cosface" (hu2024 Sec. 4.2's supervised pre-training on labelled groups).
+`config.objective` names one of `OBJECTIVES` (`tmrjax.train.objective.Objective`): "moco"
+(hu2024's self-supervised MoCo v2, unlabelled marks) or "cosface" (hu2024 Sec. 4.2's supervised
+pre-training on labelled groups). The loop is the same for every objective.
 
 Runs data-parallel over every device JAX sees: GPUs/TPUs, or CPU devices forced with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. Multi-host: call with
@@ -29,12 +30,13 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from .. import __version__
-from ..models import HU2024
-from ..models.hu2024 import Hu2024Encoder, encoder_from_settings, feature_dim, init_from_backbone
+from .._version import __version__
+from ..models import HU2024, build_backbone
+from ..models.hu2024 import Hu2024Encoder, encoder_from_settings, feature_dim
 from ..weights import ENCODER_FORMAT, WeightsError, read_meta, restore_encoder_variables, variables_sha256
 from . import cosface, moco
-from .data import BatchLoader, open_source
+from .data import BatchLoader, open_training_images
+from .objective import AXIS, Objective
 from .optim import came, decay_mask, warmup_cosine_restarts
 
 
@@ -62,7 +64,7 @@ def build_optimizer(config: ConfigDict, steps_per_epoch: int) -> tuple[optax.Gra
 
 
 def make_mesh() -> jax.sharding.Mesh:
-    return jax.make_mesh((jax.device_count(),), (moco.AXIS,), axis_types=(AxisType.Auto,))
+    return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(AxisType.Auto,))
 
 
 def _checkpoint_manager(workdir: Path, config: ConfigDict):
@@ -108,13 +110,28 @@ def check_resume_config(path: Path, config: ConfigDict) -> None:
         )
 
 
+OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (moco.MOCO, cosface.COSFACE)}
+
+
+def objective_of(config: ConfigDict) -> Objective:
+    """The registered objective that `config.objective` names; its config section must be there."""
+    name = config.get("objective", "moco")
+    if name not in OBJECTIVES:
+        raise ValueError(f"{config.name}: objective={name!r}; expected one of {', '.join(map(repr, OBJECTIVES))}")
+    objective = OBJECTIVES[name]
+    if objective.section not in config:
+        raise ValueError(f"{config.name}: objective={name!r} reads the config section "
+                         f"{objective.section!r}, which the config does not have")
+    return objective
+
+
 @dataclasses.dataclass
 class RunResult:
     workdir: Path
     steps: int
     history: list[dict]
     evaluations: list[dict]
-    state: moco.TrainState
+    state: Any  # the objective's state: step, params, batch_stats and what else it trains
 
 
 def train(
@@ -125,58 +142,133 @@ def train(
     distributed: bool = False,
     log=print,
 ) -> RunResult:
-    """Train (or resume) a MoCo encoder; returns the logged history.
+    """Train (or resume) an encoder with the objective `config.objective` names; returns the
+    logged history.
 
     `max_steps` stops early (the schedule still spans `config.epochs`), e.g. to simulate a
     kill in tests.
     """
-    import orbax.checkpoint as ocp
-
+    objective = objective_of(config)
     if distributed:
         jax.distributed.initialize()
     workdir = Path(workdir)
+    checkpoints = _open_workdir(workdir, config, resume)
+    source, steps_per_epoch = _training_data(config, objective, log)
+    total_steps = config.epochs * steps_per_epoch
+    end = min(total_steps, max_steps) if max_steps else total_steps
+    encoder = build_encoder(config)
+    tx, schedule = build_optimizer(config, steps_per_epoch)
+    rng = jax.random.key(config.seed)
+    state, start = _initial_state(config, objective, encoder, tx, source, rng, checkpoints, log)
+
+    mesh = make_mesh()
+    # Distinct buffers per leaf (the optimiser state shares constants), so the step can donate them.
+    state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), state), NamedSharding(mesh, P()))
+    step_fn = objective.train_step(encoder, tx, config, mesh)
+    loader = BatchLoader(
+        source, config.batch_size, config.seed, jax.process_index(), jax.process_count(),
+        workers=config.data.workers,
+    )
+    evaluate = _Evaluations(config, encoder, workdir, log) if config.eval.every_steps else None
+    step_log = _StepLog(config, workdir, schedule, steps_per_epoch, end, checkpoints, log)
+    classes = getattr(source, "class_names", None)
+    in_classes = f" in {len(classes)} classes" if classes else ""
+    log(f"train      {config.name} ({objective.name}): {len(source)} images{in_classes}, {steps_per_epoch} "
+        f"steps/epoch, {total_steps} steps, global batch {config.batch_size} on {jax.device_count()} "
+        f"{jax.default_backend()} device(s)")
+    try:
+        if evaluate and start == 0:  # the untrained encoder: the baseline the run must beat
+            evaluate(state, 0)
+        state = _run_steps(config, step_fn, state, jax.random.fold_in(rng, 3), loader.iterate(start, end), end,
+                           NamedSharding(mesh, P(AXIS)), step_log, checkpoints, evaluate)
+    finally:
+        checkpoints.close()
+        if len(loader.failures):
+            loader.failures.print_summary()
+            loader.failures.write_json(workdir / "skipped_images.json")
+    return RunResult(workdir, end, step_log.history, evaluate.records if evaluate else [], jax.device_get(state))
+
+
+class _Checkpoints:
+    """The run's orbax checkpoints (workdir/checkpoints) and the last one known to be good."""
+
+    def __init__(self, workdir: Path, config: ConfigDict):
+        self.dir = workdir / "checkpoints"
+        self.manager = _checkpoint_manager(workdir, config)
+        self.resume_from = self.last_good = self.manager.latest_step()
+
+    def restore(self, like: Any) -> Any:
+        """The latest checkpoint, as a state of the structure of `like`."""
+        import orbax.checkpoint as ocp
+
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return self.manager.restore(self.resume_from, args=ocp.args.StandardRestore(abstract))
+
+    def save(self, step: int, state: Any) -> None:
+        """Save and wait: the caller has checked the state's terms, so it is the last good one."""
+        import orbax.checkpoint as ocp
+
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+        self.manager.wait_until_finished()
+        self.last_good = step
+
+    def drop_from(self, step: int) -> str:
+        """After a non-finite loss in step `step`: that step started from checkpoint `step`'s
+        parameters, so it and any later one are not good; names the last good one left."""
+        if self.last_good is not None and self.last_good >= step:
+            self.manager.wait_until_finished()
+            for bad in [s for s in self.manager.all_steps() if s >= step]:
+                self.manager.delete(bad)
+            earlier = [s for s in self.manager.all_steps() if s < step]
+            self.last_good = max(earlier) if earlier else None
+        return "none" if self.last_good is None else f"step {self.last_good} in {self.dir}"
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _open_workdir(workdir: Path, config: ConfigDict, resume: bool) -> _Checkpoints:
+    """The workdir's checkpoints; a run with checkpoints continues only when asked to, and
+    under the config it was started with. Records the config as config.json."""
     workdir.mkdir(parents=True, exist_ok=True)
-    manager = _checkpoint_manager(workdir, config)
-    resuming = manager.latest_step() is not None  # the checkpoint replaces any starting point
+    checkpoints = _Checkpoints(workdir, config)
+    resuming = checkpoints.resume_from is not None  # the checkpoint replaces any starting point
     if resuming and not resume:
         raise ValueError(f"{workdir}: has checkpoints; pass resume=True (--resume) or use a new workdir")
     if resuming and (workdir / "config.json").exists():
         check_resume_config(workdir / "config.json", config)
     (workdir / "config.json").write_text(config.to_json(indent=2))
+    return checkpoints
 
-    mesh = make_mesh()
+
+def _training_data(config: ConfigDict, objective: Objective, log) -> tuple[Any, int]:
+    """The training source (labelled if the objective needs labels) and its steps per epoch,
+    after the batch, data and objective checks."""
     global_batch = config.batch_size
     if global_batch % jax.device_count():
         raise ValueError(f"batch_size={global_batch} not divisible by {jax.device_count()} devices")
-    objective = config.get("objective", "moco")
-    if objective not in ("moco", "cosface"):
-        raise ValueError(f"objective={objective!r}; expected 'moco' or 'cosface'")
-    supervised = objective == "cosface"
     if not config.data.source:
         raise ValueError(f"{config.name}: data.source is empty; set it to an image folder or tfds:NAME:SPLITS"
-                         + (" with group labels (folder per class)" if supervised else ""))
-    if not supervised:
-        moco.check_queue(config, global_batch)
-
-    source = open_source(config.data.source, config.data.image_size, labelled=supervised)
+                         + (" with group labels (folder per class)" if objective.labelled else ""))
+    source = open_training_images(config.data.source, config.data.image_size, labelled=objective.labelled)
     steps_per_epoch = len(source) // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{config.data.source}: {len(source)} images < one global batch of {global_batch}")
-    total_steps = config.epochs * steps_per_epoch
-    if not supervised and config.moco.queue_size > len(source) // 2:
-        log(f"warning    moco.queue_size={config.moco.queue_size} holds keys of more than half of the "
-            f"{len(source)} training images: an anchor's own key from the previous epoch can sit in the "
-            f"queue as a negative, and hard-negative selection picks it first; use a queue well below "
-            f"the dataset size")
-    encoder = build_encoder(config)
-    tx, schedule = build_optimizer(config, steps_per_epoch)
-    rng = jax.random.key(config.seed)
+    objective.check_config(config, len(source), global_batch, log)
+    return source, steps_per_epoch
 
-    variables = None
+
+def _initial_state(config: ConfigDict, objective: Objective, encoder, tx, source, rng: jax.Array,
+                   checkpoints: _Checkpoints, log) -> tuple[Any, int]:
+    """The state and step the run starts from: the latest checkpoint's, else a fresh state from
+    the config's starting point (init_weights, init_encoder or a random init)."""
     if config.init_weights and config.get("init_encoder"):
         raise ValueError("init_weights and init_encoder both set; give one starting point")
+    resuming = checkpoints.resume_from is not None
+    variables = None
     if config.init_weights and not resuming:
-        from ..weights import load_backbone
+        from ..weights import init_from_backbone, load_backbone
 
         _, backbone_vars, meta = load_backbone(config.init_weights, arch="resnet50", layout=config.model.layout)
         size = config.augment.output_size
@@ -186,170 +278,163 @@ def train(
     if config.get("init_encoder") and not resuming:
         variables = load_encoder(config.init_encoder, config)
         log(f"init       encoder from {config.init_encoder}")
-    if supervised:
-        state = cosface.create_state(encoder, tx, config, len(source.class_names), jax.random.fold_in(rng, 2),
-                                     variables)
-    else:
-        state = moco.create_state(encoder, tx, config, jax.random.fold_in(rng, 2), variables)
+    state = objective.create_state(encoder, tx, config, source, jax.random.fold_in(rng, 2), variables)
+    if not resuming:
+        return state, 0
+    state = checkpoints.restore(state)
+    log(f"resume     from step {int(state.step)} ({checkpoints.dir})")
+    return state, int(state.step)
 
-    start = 0
-    if resuming:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-        start = int(state.step)
-        log(f"resume     from step {start} ({workdir / 'checkpoints'})")
 
-    replicated = NamedSharding(mesh, P())
-    sharded = NamedSharding(mesh, P(moco.AXIS))
-    # Distinct buffers per leaf (the optimiser state shares constants), so the step can donate them.
-    state = jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), state), replicated)
-    step_fn = (cosface if supervised else moco).make_train_step(encoder, tx, config, mesh)
-    step_rng = jax.random.fold_in(rng, 3)
+def _device_batch(sharded: NamedSharding, local: Any) -> tuple[jax.Array, ...]:
+    """This process's part of a global batch as global arrays. The loader gives images, or
+    (images, labels) from a labelled source; a step takes the tuple of them either way."""
+    arrays = local if isinstance(local, tuple) else (local,)
+    return tuple(jax.make_array_from_process_local_data(sharded, x) for x in arrays)
 
-    loader = BatchLoader(
-        source, global_batch, config.seed, jax.process_index(), jax.process_count(),
-        workers=config.data.workers,
-    )
-    evaluator = _Evaluator(config, encoder, log) if config.eval.every_steps else None
-    history: list[dict] = []
-    evaluations: list[dict] = []
-    log_path = workdir / "log.jsonl"
-    end = min(total_steps, max_steps) if max_steps else total_steps
-    last_good = manager.latest_step()
-    pending_terms = None
-    window_start, window_images = time.time(), 0
-    classes = f" in {len(source.class_names)} classes" if supervised else ""
-    log(f"train      {config.name} ({objective}): {len(source)} images{classes}, {steps_per_epoch} steps/epoch, "
-        f"{total_steps} steps, global batch {global_batch} on {jax.device_count()} {jax.default_backend()} device(s)")
 
-    def finish_step(step: int, terms) -> None:
-        nonlocal window_start, window_images, last_good
+def _run_steps(config: ConfigDict, step_fn, state: Any, step_rng: jax.Array, batches, end: int,
+               sharded: NamedSharding, step_log: _StepLog, checkpoints: _Checkpoints, evaluate) -> Any:
+    """The step loop over `batches` ((step, local batch) up to `end`). A step's terms are checked
+    while the next step runs, and every step's before a checkpoint is saved, so no checkpoint
+    holds a state that gave a non-finite loss."""
+    pending = None
+    for step, local in batches:
+        state, terms = step_fn(state, _device_batch(sharded, local), step_rng)
+        if pending is not None:  # check the previous step while this one runs
+            step_log(*pending)
+        pending = (step, terms)
+        done = step + 1
+        if done % config.checkpoint_every_steps == 0 or done == end:
+            step_log(*pending)
+            pending = None
+            checkpoints.save(done, state)
+        if evaluate and (done % config.eval.every_steps == 0 or done == end):
+            evaluate(state, done)
+    if pending is not None:
+        step_log(*pending)
+    return state
+
+
+class _StepLog:
+    """Each step's terms, checked for finiteness; every `log_every_steps`-th step (and the last)
+    goes to `history`, log.jsonl and `log`, with the learning rate and the throughput."""
+
+    def __init__(self, config: ConfigDict, workdir: Path, schedule, steps_per_epoch: int, end: int,
+                 checkpoints: _Checkpoints, log):
+        self.config, self.schedule, self.steps_per_epoch, self.end = config, schedule, steps_per_epoch, end
+        self.checkpoints, self.log = checkpoints, log
+        self.path = workdir / "log.jsonl"
+        self.history: list[dict] = []
+        self._window_start, self._window_images = time.time(), 0
+
+    def __call__(self, step: int, terms: dict) -> None:
         values = {k: float(v) for k, v in jax.device_get(terms).items()}
-        window_images += global_batch
+        self._window_images += self.config.batch_size
         if not all(math.isfinite(v) for v in values.values()):
-            if last_good is not None and last_good >= step:
-                # Step `step` started from the parameters saved as checkpoint `step`: they
-                # already gave a non-finite loss, so that checkpoint is not good.
-                manager.wait_until_finished()
-                for bad in [s for s in manager.all_steps() if s >= step]:
-                    manager.delete(bad)
-                earlier = [s for s in manager.all_steps() if s < step]
-                last_good = max(earlier) if earlier else None
-            good = "none" if last_good is None else f"step {last_good} in {workdir / 'checkpoints'}"
+            good = self.checkpoints.drop_from(step)
             raise TrainingDiverged(
                 f"non-finite loss or parameters at step {step + 1} ({values}); last good checkpoint: {good}")
-        if (step + 1) % config.log_every_steps == 0 or step + 1 == end:
-            elapsed = time.time() - window_start
-            record = dict(
-                step=step + 1, epoch=(step + 1) / steps_per_epoch, lr=float(schedule(step)),
-                images_per_s_per_device=window_images / max(elapsed, 1e-9) / jax.device_count(), **values,
-            )
-            history.append(record)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log("step {step:6d}  loss {loss:.4f}  lr {lr:.2e}  {images_per_s_per_device:.1f} img/s/dev".format(**record)
-                + "".join(f"  {k} {v:.4f}" for k, v in values.items() if k != "loss"))
-            window_start, window_images = time.time(), 0
-
-    if evaluator and start == 0:  # the untrained encoder: the baseline the run must beat
-        evaluations.append(evaluator(state, 0))
-        with open(workdir / "eval.jsonl", "a") as f:
-            f.write(json.dumps(evaluations[-1]) + "\n")
-    try:
-        for step, local in loader.iterate(start, end):
-            if supervised:
-                images, labels = (jax.make_array_from_process_local_data(sharded, x) for x in local)
-                state, terms = step_fn(state, images, labels, step_rng)
-            else:
-                state, terms = step_fn(state, jax.make_array_from_process_local_data(sharded, local), step_rng)
-            if pending_terms is not None:  # check the previous step while this one runs
-                finish_step(*pending_terms)
-            pending_terms = (step, terms)
-            done = step + 1
-            if done % config.checkpoint_every_steps == 0 or done == end:
-                finish_step(*pending_terms)
-                pending_terms = None
-                manager.save(done, args=ocp.args.StandardSave(state))
-                manager.wait_until_finished()
-                last_good = done
-            if evaluator and (done % config.eval.every_steps == 0 or done == end):
-                result = evaluator(state, done)
-                evaluations.append(result)
-                with open(workdir / "eval.jsonl", "a") as f:
-                    f.write(json.dumps(result) + "\n")
-        if pending_terms is not None:
-            finish_step(*pending_terms)
-    finally:
-        loader.close()
-        manager.wait_until_finished()
-        manager.close()
-        if len(loader.failures):
-            loader.failures.print_summary()
-            loader.failures.write_json(workdir / "skipped_images.json")
-    return RunResult(workdir, end, history, evaluations, jax.device_get(state))
+        if (step + 1) % self.config.log_every_steps and step + 1 != self.end:
+            return
+        elapsed = time.time() - self._window_start
+        record = dict(
+            step=step + 1, epoch=(step + 1) / self.steps_per_epoch, lr=float(self.schedule(step)),
+            images_per_s_per_device=self._window_images / max(elapsed, 1e-9) / jax.device_count(), **values,
+        )
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        line = "step {step:6d}  loss {loss:.4f}  lr {lr:.2e}  {images_per_s_per_device:.1f} img/s/dev".format(**record)
+        self.log(line + "".join(f"  {k} {v:.4f}" for k, v in values.items() if k != "loss"))
+        self._window_start, self._window_images = time.time(), 0
 
 
-class _Evaluator:
-    """Retrieval quality of the current encoder on a labelled benchmark (logo_groups/small)."""
+class _Evaluations:
+    """The retrieval evaluation of the encoder at a step, kept in `records` and eval.jsonl; the
+    fits it makes (PCA-w on the gallery) are kept under eval/step-N/."""
 
-    def __init__(self, config: ConfigDict, encoder, log):
-        from ..evaluation import load_benchmark
+    def __init__(self, config: ConfigDict, encoder, workdir: Path, log):
+        self.evaluator = Evaluator(config, workdir / "eval", log)
+        self.path = workdir / "eval.jsonl"
+        self.records: list[dict] = []
+
+    def __call__(self, state: Any, step: int) -> None:
+        self.records.append(self.evaluator(state, step))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(self.records[-1]) + "\n")
+
+
+class Evaluator:
+    """Retrieval quality of the encoder being trained on a labelled benchmark, through the same
+    code as `tmrjax eval` (`evaluation.fit_and_embed`, `metrics.evaluate`): the `hu2024`
+    retrieval pipeline on the encoder's current variables, raw and, with
+    ``eval.pca_whitening_dim``, PCA-whitened on the benchmark's gallery (hu2024 Sec. 4.2)."""
+
+    def __init__(self, config: ConfigDict, fit_root: Path, log):
+        from ..data.sources import open_benchmark
+        from ..pipeline import load_config
 
         self.config = config
-        self.encoder = encoder
+        self.fit_root = Path(fit_root)
         self.log = log
-        self.benchmark = load_benchmark(config.eval.dataset, max_distractors=config.eval.max_distractors)
+        self.benchmark = open_benchmark(config.eval.dataset, max_distractors=config.eval.max_distractors)
         self.pca_dim = int(config.eval.get("pca_whitening_dim", 0))
+        dtype = jnp.bfloat16 if config.model.get("dtype") == "bfloat16" else jnp.float32
+        self.module = build_backbone(HU2024, config.model.layout, ("feature",), dtype=dtype,
+                                     model=config.model.to_dict())
         size = config.augment.output_size
-        self.images = self.benchmark.images_at(size)
-        self._encode = jax.jit(lambda v, x: moco.encode(encoder, v, x))
         if self.pca_dim:
-            dim = feature_dim(encoder, size)
+            dim = feature_dim(build_encoder(config), size)
             if self.pca_dim > dim:
                 raise ValueError(f"eval.pca_whitening_dim={self.pca_dim} exceeds the encoder's {dim}-d features")
-        gallery = len(self.benchmark.gallery_rows)
+        gallery = self.benchmark.num_distractors
         if self.pca_dim and gallery <= self.pca_dim:
             raise ValueError(
                 f"eval.pca_whitening_dim={self.pca_dim} needs more than {self.pca_dim} gallery images to "
                 f"learn from; {config.eval.dataset} with eval.max_distractors={config.eval.max_distractors} "
                 f"has {gallery}"
             )
+        self.configs = []
+        for dim in [0] + ([self.pca_dim] if self.pca_dim else []):
+            c = load_config("hu2024")
+            c.name = f"{config.name}-eval" + (f"-pcaw{dim}" if dim else "")
+            c.embed.resolutions = (size,)
+            c.embed.pca_whitening_dim = dim
+            c.batch_size = config.eval.batch_size
+            c.fit.num_images = max(gallery, 1)  # the whole gallery, as hu2024 learns PCA-w
+            self.configs.append(c)
 
-    def __call__(self, state: moco.TrainState, step: int) -> dict:
-        from ..metrics import evaluate
+    def pipelines(self, state: Any, step: int) -> list:
+        from ..pipeline import Pipeline
 
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        batch = self.config.eval.batch_size
-        parts = []
-        for i in range(0, len(self.images), batch):
-            chunk = self.images[i : i + batch]
-            padded = np.concatenate([chunk, np.full((batch - len(chunk),) + chunk.shape[1:], 255, np.uint8)])
-            parts.append(np.asarray(self._encode(variables, jnp.asarray(padded)))[: len(chunk)])
-        vectors = np.concatenate(parts)
-        result = evaluate(vectors, self.benchmark.query_rows, self.benchmark.relevant, k=100)
-        record = {"step": step, "dataset": self.config.eval.dataset, "protocol": result.protocol,
-                  "NAR": result.nar, "MAP@100": result.map_at_k, "MAP": result.map}
-        line = (f"eval  {step:6d}  {self.config.eval.dataset}: NAR {result.nar:.4f}  "
-                f"MAP@100 {100 * result.map_at_k:.2f}  MAP {100 * result.map:.2f}")
+        backbone = {"arch": HU2024, "layout": self.config.model.layout,
+                    "weights": f"{self.config.name} training, step {step}"}
+        return [Pipeline(config=c, module=self.module, variables=variables, backbone=backbone) for c in self.configs]
+
+    def __call__(self, state: Any, step: int) -> dict:
+        from ..evaluation import fit_and_embed
+        from ..metrics import evaluate
+
+        pipelines = self.pipelines(state, step)
+        fit_dirs = [self.fit_root / f"step-{step}" / p.name if p.config.embed.pca_whitening_dim else None
+                    for p in pipelines]
+        _, vectors = fit_and_embed(self.benchmark, pipelines, fit_dirs, progress=False, log=lambda *_: None)
+        results = [evaluate(v, self.benchmark.query_rows, self.benchmark.relevant, k=100) for v in vectors]
+        raw = results[0]
+        record = {"step": step, "dataset": self.config.eval.dataset, "protocol": raw.protocol,
+                  "NAR": raw.nar, "MAP@100": raw.map_at_k, "MAP": raw.map}
+        line = (f"eval  {step:6d}  {self.config.eval.dataset}: NAR {raw.nar:.4f}  "
+                f"MAP@100 {100 * raw.map_at_k:.2f}  MAP {100 * raw.map:.2f}")
         if self.pca_dim:
-            white = whiten_on_gallery(vectors, self.benchmark.num_queries, self.pca_dim)
-            result = evaluate(white, self.benchmark.query_rows, self.benchmark.relevant, k=100)
-            record["pca_whitened"] = {"dim": self.pca_dim, "NAR": result.nar, "MAP@100": result.map_at_k,
-                                      "MAP": result.map}
-            line += (f"  | PCA-w {self.pca_dim}: NAR {result.nar:.4f}  MAP@100 {100 * result.map_at_k:.2f}  "
-                     f"MAP {100 * result.map:.2f}")
-        self.log(f"{line}  ({result.protocol})")
+            white = results[1]
+            record["pca_whitened"] = {"dim": self.pca_dim, "NAR": white.nar, "MAP@100": white.map_at_k,
+                                      "MAP": white.map}
+            line += (f"  | PCA-w {self.pca_dim}: NAR {white.nar:.4f}  MAP@100 {100 * white.map_at_k:.2f}  "
+                     f"MAP {100 * white.map:.2f}")
+        self.log(f"{line}  ({raw.protocol})")
         return record
-
-
-def whiten_on_gallery(vectors: np.ndarray, num_queries: int, dim: int) -> np.ndarray:
-    """hu2024 Sec. 4.2's evaluation: PCA-whitening to `dim` learned on the unlabelled gallery
-    (database rows after the queries, no query or group member), applied to all, l2-normalised."""
-    from ..kernels.whitening import apply_pca_whitening, learn_pca_whitening
-
-    mean, projection = learn_pca_whitening(jnp.asarray(vectors[num_queries:]), dim)
-    white = np.asarray(apply_pca_whitening(jnp.asarray(vectors), mean, projection), np.float32)
-    return white / np.maximum(np.linalg.norm(white, axis=1, keepdims=True), 1e-12)
 
 
 def load_encoder(path: str | os.PathLike, config: ConfigDict) -> dict:
@@ -370,7 +455,7 @@ def load_encoder(path: str | os.PathLike, config: ConfigDict) -> dict:
     return restore_encoder_variables(path, meta)
 
 
-def export_encoder(state: moco.TrainState, config: ConfigDict, out_dir: str | os.PathLike, command: str) -> Path:
+def export_encoder(state: Any, config: ConfigDict, out_dir: str | os.PathLike, command: str) -> Path:
     """Write the query encoder (projection head kept, unused at retrieval) as bfloat16 + meta.json.
 
     The directory is a retrieval backbone too (arch ``hu2024-resnet50``, `tmrjax.weights`):
