@@ -209,6 +209,8 @@ def run_eval(
     benchmark = open_benchmark(dataset, max_distractors=max_distractors, data_dir=data_dir)
     subset = f"{_safe_name(benchmark.name)}-q{benchmark.num_queries}-g{benchmark.num_distractors}"
     log(f"dataset    {benchmark.describe()}")
+    for path, reason in benchmark.database.unreadable.failures:
+        log(f"note       {path}: {reason}; not in the benchmark")
     configs = [name if isinstance(name, ConfigDict) else load_config(name) for name in pipeline_names]
     labels = [c.name for c in configs]
     if len(set(labels)) != len(labels):
