@@ -19,6 +19,7 @@ from .pooling import (
     spoc,
 )
 from .regions import RegionIntervals, region_intervals, region_masks, rmac_regions
+from .second_order import log_cov_pool, spd_log, vec_upper
 from .whitening import apply_pca_whitening, learn_pca_whitening
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "idf_weights",
     "l2_normalize",
     "learn_pca_whitening",
+    "log_cov_pool",
     "mac",
     "region_intervals",
     "region_masks",
@@ -42,5 +44,7 @@ __all__ = [
     "regional_spoc",
     "rmac_regions",
     "smac",
+    "spd_log",
     "spoc",
+    "vec_upper",
 ]
