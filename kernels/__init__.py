@@ -5,6 +5,7 @@ jax and numpy only. No name here is also a submodule's: the CRoW feature is
 ``tmrjax.kernels.crow.crow``, so ``tmrjax.kernels.crow`` stays the module.
 """
 
+from .aggregation import first_order_pool, log_cov_pool, reduce_local, spatial_weights, spd_log, vec_upper
 from .crow import crow_channel_weights, crow_spatial_weights
 from .idf import assign_words, document_frequency, idf_from_document_frequency, idf_weights
 from .pooling import (
@@ -19,7 +20,6 @@ from .pooling import (
     spoc,
 )
 from .regions import RegionIntervals, region_intervals, region_masks, rmac_regions
-from .second_order import log_cov_pool, spd_log, vec_upper
 from .whitening import apply_pca_whitening, learn_pca_whitening
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "crow_channel_weights",
     "crow_spatial_weights",
     "document_frequency",
+    "first_order_pool",
     "gem",
     "idf_from_document_frequency",
     "idf_weights",
@@ -36,6 +37,7 @@ __all__ = [
     "learn_pca_whitening",
     "log_cov_pool",
     "mac",
+    "reduce_local",
     "region_intervals",
     "region_masks",
     "regional_gem",
@@ -44,6 +46,7 @@ __all__ = [
     "regional_spoc",
     "rmac_regions",
     "smac",
+    "spatial_weights",
     "spd_log",
     "spoc",
     "vec_upper",

@@ -1,10 +1,11 @@
-"""kernels/second_order.py: log-covariance regional pooling (jeong2017 Eq. 5) against numpy and scipy."""
+"""kernels/aggregation.py: log-covariance regional pooling (jeong2017 Eq. 5) against numpy and scipy."""
 
 import jax
 import numpy as np
 import pytest
 import scipy.linalg
-from tmrjax.kernels.second_order import log_cov_pool, spd_log, vec_upper
+from tmrjax.kernels.aggregation import first_order_pool, log_cov_pool, reduce_local, spatial_weights, spd_log, vec_upper
+from tmrjax.kernels.crow import crow_channel_weights
 
 
 def _spd(rng, k, rank=None):
@@ -100,3 +101,38 @@ def test_float32_agrees_with_float64():
     narrow = np.asarray(log_cov_pool(local, alpha, masks))
     assert narrow.dtype == np.float32
     np.testing.assert_allclose(narrow, _reference(local, alpha, masks, 1e-6), atol=1e-4)
+
+
+def test_spatial_weights_are_the_l2_normalised_channel_sum():
+    rng = np.random.default_rng(6)
+    f = rng.gamma(1.0, size=(2, 3, 4, 5)).astype(np.float32)
+    alpha = np.asarray(spatial_weights(f))
+    total = f.sum(-1)
+    np.testing.assert_allclose(alpha, total / np.sqrt((total ** 2).sum(axis=(1, 2), keepdims=True)), rtol=1e-5)
+    assert np.all(np.asarray(spatial_weights(np.zeros((3, 4, 5), np.float32))) == 0)
+
+
+def test_first_order_pool_is_eq9_and_eq3_with_unit_alpha():
+    rng = np.random.default_rng(7)
+    f = rng.gamma(1.0, size=(4, 5, 6)).astype(np.float32)
+    beta = np.asarray(crow_channel_weights(f))
+    alpha = np.asarray(spatial_weights(f))
+    masks = np.zeros((2, 4, 5), bool)
+    masks[0] = True
+    masks[1, 1:3, 2:] = True
+    ours = np.asarray(first_order_pool(f, beta, alpha, masks))
+    for m, mask in enumerate(masks):
+        ref = beta * sum(alpha[y, x] * f[y, x] for y in range(4) for x in range(5) if mask[y, x])
+        np.testing.assert_allclose(ours[m], ref / np.linalg.norm(ref), rtol=1e-5)
+    plain = np.asarray(first_order_pool(f, beta, np.ones((4, 5), np.float32), masks[:1]))[0]
+    ref = beta * f.sum(axis=(0, 1))
+    np.testing.assert_allclose(plain, ref / np.linalg.norm(ref), rtol=1e-5)
+
+
+def test_reduce_local_projects_the_channel_weighted_descriptors():
+    rng = np.random.default_rng(8)
+    f = rng.normal(size=(2, 3, 3, 6)).astype(np.float32)
+    beta = rng.uniform(size=(2, 6)).astype(np.float32)
+    u = rng.normal(size=(6, 4)).astype(np.float32)
+    ours = np.asarray(reduce_local(f, beta, u))
+    np.testing.assert_allclose(ours, (f * beta[:, None, None, :]) @ u, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,9 @@
-"""Second-order (log-covariance) regional pooling, jeong2017 Sec. 3 (Eq. 5).
+"""Regional deep feature aggregation, jeong2017 Sec. 2-3: spatial weights (Eq. 1), first-order
+(Eq. 3, 9) and second-order, log-covariance (Eq. 4-5) pooling over region masks.
 
-Each region's alpha-weighted average of outer products of its (PCA-reduced, Eq. 4) local
+Masks are (M, H, W) at the feature map's size (or one set per image), so regions of any shape
+(the convex hulls of jeong2017's candidate regions, R-MAC boxes) share one static-shape path.
+In second-order pooling, each region's alpha-weighted average of outer products of its (PCA-reduced, Eq. 4) local
 descriptors is mapped to the log-Euclidean space by the matrix logarithm and vectorised by its
 upper triangle, the off-diagonal entries scaled by sqrt(2) so that the vector's l2 norm is the
 matrix's Frobenius norm. Eigenvalues are floored at `eps` before the logarithm, so regions of
@@ -15,6 +18,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from .pooling import l2_normalize
+
+
+def spatial_weights(features: jax.Array) -> jax.Array:
+    """jeong2017 Eq. 1: alpha_p = (sum_k f_pk) / ||sum_k f||_2 over the map. (..., H, W, K) -> (..., H, W).
+
+    An all-zero map gives all-zero weights."""
+    total = jnp.sum(features.astype(jnp.float32), axis=-1)
+    norm = jnp.sqrt(jnp.sum(total * total, axis=(-2, -1), keepdims=True))
+    return total / jnp.maximum(norm, 1e-12)
+
+
+def first_order_pool(features: jax.Array, beta: jax.Array, alpha: jax.Array, masks: jax.Array) -> jax.Array:
+    """jeong2017 Eq. 9 (Eq. 3 with alpha = 1): l2(beta o sum_{p in R_m} alpha_p f_p) per region.
+
+    features (..., H, W, K); beta (..., K) channel weights (Eq. 2); alpha (..., H, W); masks
+    (M, H, W) or (..., M, H, W). -> (..., M, K) float32.
+    """
+    weights = alpha.astype(jnp.float32)[..., None, :, :] * masks.astype(jnp.float32)
+    pooled = jnp.einsum("...mhw,...hwk->...mk", weights, features.astype(jnp.float32))
+    return l2_normalize(pooled * beta.astype(jnp.float32)[..., None, :])
+
+
+def reduce_local(features: jax.Array, beta: jax.Array, projection: jax.Array) -> jax.Array:
+    """jeong2017 Eq. 4: local descriptors U^T (beta o f_p), (..., H, W, K) -> (..., H, W, K'), with
+    `projection` U (K, K') the PCA bases learned from first-order regional descriptors."""
+    return jnp.einsum("...hwk,kj->...hwj", features.astype(jnp.float32) * beta.astype(jnp.float32)[..., None, None, :],
+                      projection.astype(jnp.float32))
 
 
 def spd_log(matrix: jax.Array, eps: float = 1e-6) -> jax.Array:
