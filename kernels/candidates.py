@@ -1,0 +1,83 @@
+"""Candidate regions of jeong2017 Sec. 2: salient points -> L clusters -> convex hulls of every subset.
+
+Static shapes throughout: points come padded to N with a valid flag, the M = 2^L masks come with
+a valid flag (a subset without a valid point, or a hull covering no cell centre, is not a
+region), so the whole proposal jits and vmaps over images. The empty subset is replaced by the
+whole map (the paper's "set of all the positions in I"), which is always valid and is the last
+region, R_M.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def cluster_points(points: jax.Array, valid: jax.Array, num_clusters: int, iterations: int = 20) -> jax.Array:
+    """k-means of 2-D positions into `num_clusters` groups; returns each point's label (N,) int32.
+
+    Deterministic farthest-point initialisation (the first valid point, then repeatedly the valid
+    point farthest from the chosen centres), then `iterations` Lloyd steps over the valid points.
+    jeong2017 uses global fast k-means, which reaches the same kind of partition of a point cloud
+    without random restarts. points: (N, 2) float; valid: (N,) bool.
+    """
+    points = points.astype(jnp.float32)
+    first = jnp.argmax(valid)
+    centres = jnp.zeros((num_clusters, 2), jnp.float32).at[0].set(points[first])
+    nearest = jnp.sum((points - points[first]) ** 2, axis=-1)
+    for c in range(1, num_clusters):
+        pick = jnp.argmax(jnp.where(valid, nearest, -1.0))
+        centres = centres.at[c].set(points[pick])
+        nearest = jnp.minimum(nearest, jnp.sum((points - points[pick]) ** 2, axis=-1))
+
+    def step(centres, _):
+        labels = jnp.argmin(jnp.sum((points[:, None, :] - centres[None]) ** 2, axis=-1), axis=-1)
+        member = jax.nn.one_hot(labels, num_clusters) * valid[:, None]
+        count = jnp.sum(member, axis=0)
+        mean = (member.T @ points) / jnp.maximum(count, 1.0)[:, None]
+        return jnp.where(count[:, None] > 0, mean, centres), None
+
+    centres, _ = jax.lax.scan(step, centres, None, length=iterations)
+    return jnp.argmin(jnp.sum((points[:, None, :] - centres[None]) ** 2, axis=-1), axis=-1).astype(jnp.int32)
+
+
+def cluster_subsets(num_clusters: int) -> np.ndarray:
+    """(2^L - 1, L) bool: every non-empty subset of the clusters, smaller subsets first."""
+    subsets = [s for r in range(1, num_clusters + 1) for s in itertools.combinations(range(num_clusters), r)]
+    out = np.zeros((len(subsets), num_clusters), bool)
+    for i, s in enumerate(subsets):
+        out[i, list(s)] = True
+    return out
+
+
+def hull_masks(
+    points: jax.Array, valid: jax.Array, labels: jax.Array, num_clusters: int, h: int, w: int, directions: int = 64
+) -> tuple[jax.Array, jax.Array]:
+    """jeong2017's M = 2^L candidate regions on an h x w map: (masks (M, h, w) float32, valid (M,) bool).
+
+    Region i < M - 1 is the convex hull of the points of the i-th non-empty subset of clusters
+    (`cluster_subsets`); region M - 1 is the whole map. `points` are (N, 2) (row, column) positions
+    in map cells (a cell's centre is at (y + 0.5, x + 0.5)). A cell is inside a hull when its centre
+    lies within the hull's support in each of `directions` evenly spaced directions: the hull's
+    circumscribed `directions`-gon, which holds every cell of the exact hull and adds, at most, cells
+    whose centres lie within L tan(pi / directions) / 2 outside a hull edge of length L (the corner
+    of two neighbouring support lines; 0.03 cells for a 10-cell edge and 64 directions). A
+    hull of one or two points covers no cell centre unless one lies on it; a region without a cell
+    is invalid.
+    """
+    subsets = jnp.asarray(cluster_subsets(num_clusters))  # (S, L)
+    angles = np.arange(directions) * (2 * np.pi / directions)
+    normals = jnp.asarray(np.stack([np.sin(angles), np.cos(angles)], axis=-1), jnp.float32)  # (D, 2)
+    member = subsets[:, labels] & valid[None, :]  # (S, N)
+    projections = points.astype(jnp.float32) @ normals.T  # (N, D)
+    support = jnp.max(jnp.where(member[:, :, None], projections[None], -jnp.inf), axis=1)  # (S, D)
+    ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    centres = jnp.asarray(np.stack([ys.ravel(), xs.ravel()], axis=-1), jnp.float32) @ normals.T  # (h*w, D)
+    tolerance = 1e-4
+    inside = jnp.all(centres[None] <= support[:, None, :] + tolerance, axis=-1)  # (S, h*w)
+    masks = jnp.concatenate([inside.reshape(-1, h, w), jnp.ones((1, h, w), bool)]).astype(jnp.float32)
+    region_valid = jnp.concatenate([jnp.any(inside, axis=-1), jnp.ones((1,), bool)])
+    return masks, region_valid
