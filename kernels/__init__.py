@@ -6,7 +6,7 @@ jax and numpy only. No name here is also a submodule's: the CRoW feature is
 """
 
 from .aggregation import first_order_pool, log_cov_pool, reduce_local, spatial_weights, spd_log, vec_upper
-from .candidates import cluster_points, cluster_subsets, hull_masks
+from .candidates import alpha_peaks, cluster_points, cluster_subsets, hull_masks
 from .crow import crow_channel_weights, crow_spatial_weights
 from .idf import assign_words, document_frequency, idf_from_document_frequency, idf_weights
 from .pooling import (
@@ -25,6 +25,7 @@ from .whitening import apply_pca_whitening, learn_pca_whitening
 
 __all__ = [
     "RegionIntervals",
+    "alpha_peaks",
     "apply_pca_whitening",
     "assign_words",
     "cluster_points",

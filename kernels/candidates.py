@@ -16,6 +16,31 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def alpha_peaks(alpha: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """Salient points from the map itself: the `count` strongest local maxima of the spatial weights
+    alpha (Eq. 1), the feature-map alternative to an image detector (jeong2017 falls back to the
+    largest values of alpha when the detector finds too few points).
+
+    alpha: (H, W). A cell is a peak when it is > 0 and >= its 8 neighbours. Returns (points
+    (count, 2) float32 (row, column) cell centres, strongest first; valid (count,) bool, False
+    for padding when the map has fewer peaks).
+    """
+    h, w = alpha.shape
+    padded = jnp.pad(alpha.astype(jnp.float32), 1, constant_values=-jnp.inf)
+    neighbours = jnp.stack([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+                            for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)])
+    peak = (alpha > 0) & jnp.all(alpha >= neighbours, axis=0)
+    scores = jnp.where(peak, alpha, -jnp.inf).ravel()
+    top, index = jax.lax.top_k(scores, min(count, h * w))
+    points = jnp.stack([index // w, index % w], axis=-1).astype(jnp.float32) + 0.5
+    valid = jnp.isfinite(top)
+    missing = count - points.shape[0]
+    if missing > 0:
+        points = jnp.concatenate([points, jnp.zeros((missing, 2), jnp.float32)])
+        valid = jnp.concatenate([valid, jnp.zeros((missing,), bool)])
+    return points, valid
+
+
 def cluster_points(points: jax.Array, valid: jax.Array, num_clusters: int, iterations: int = 20) -> jax.Array:
     """k-means of 2-D positions into `num_clusters` groups; returns each point's label (N,) int32.
 

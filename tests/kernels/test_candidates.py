@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 from scipy.spatial import ConvexHull
-from tmrjax.kernels.candidates import cluster_points, cluster_subsets, hull_masks
+from tmrjax.kernels.candidates import alpha_peaks, cluster_points, cluster_subsets, hull_masks
 
 
 def _blobs(rng, centres, per, spread=1.0):
@@ -71,3 +71,15 @@ def test_vmap_over_images():
     assert masks.shape == (4, 8, 16, 16) and region_valid.shape == (4, 8)
     single, _ = hull_masks(points[2], valid[2], labels[2], 3, 16, 16)
     np.testing.assert_array_equal(np.asarray(masks[2]), np.asarray(single))
+
+
+def test_alpha_peaks_are_the_strongest_local_maxima_padded_with_invalid_points():
+    alpha = np.zeros((6, 7), np.float32)
+    alpha[1, 1], alpha[1, 2] = 0.9, 0.5  # one peak and its weaker neighbour
+    alpha[4, 5] = 0.7
+    alpha[3, 0] = 0.2
+    points, valid = (np.asarray(a) for a in jax.jit(alpha_peaks, static_argnums=1)(alpha, 5))
+    assert valid.tolist() == [True, True, True, False, False]
+    np.testing.assert_array_equal(points[:3], [[1.5, 1.5], [4.5, 5.5], [3.5, 0.5]])
+    few, few_valid = alpha_peaks(np.zeros((2, 2), np.float32), 6)  # more asked than cells, none positive
+    assert few.shape == (6, 2) and not np.asarray(few_valid).any()
