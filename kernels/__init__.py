@@ -9,6 +9,7 @@ from .aggregation import first_order_pool, log_cov_pool, reduce_local, spatial_w
 from .candidates import alpha_peaks, cluster_points, cluster_subsets, hull_masks
 from .crow import crow_channel_weights, crow_spatial_weights
 from .idf import assign_words, document_frequency, idf_from_document_frequency, idf_weights
+from .matching import region_similarity, regional_query_expansion
 from .pooling import (
     gem,
     l2_normalize,
@@ -45,8 +46,10 @@ __all__ = [
     "reduce_local",
     "region_intervals",
     "region_masks",
+    "region_similarity",
     "regional_gem",
     "regional_mac",
+    "regional_query_expansion",
     "regional_smac",
     "regional_spoc",
     "rmac_regions",
