@@ -43,7 +43,7 @@ def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     for row in range(len(benchmark)):
         group = int(benchmark.groups[row])
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in benchmark.id(row))
+        safe = _safe_name(benchmark.id(row))
         folder, file = (f"queries/{group:03d}", f"{safe}.png") if group >= 0 else ("gallery", f"{safe}.png")
         path = out / folder / file
         if not path.exists():
@@ -179,8 +179,8 @@ def fit_and_embed(
 
 
 def _safe_name(name: str) -> str:
-    """A dataset name as one path component (``logo_groups/small`` -> ``logo_groups_small``)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+    """A dataset name or image id as one path component (``logo_groups/small`` -> ``logo_groups_small``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def run_eval(

@@ -137,8 +137,7 @@ def _fit_single(
     progress: bool,
 ) -> list[Pipeline]:
     """`fit_pipelines` for pipelines of one backbone each; returns them fitted, in order."""
-    if not hasattr(images, "load"):
-        images = open_source(images)
+    images = open_source(images)
     if not len(images):
         raise PipelineError(f"{images.describe()}: no images to fit on")
     failures = failures if failures is not None else FailureLog()
@@ -188,8 +187,7 @@ def _fit_group(
         images_used += len(batch.ids)
         for reservoir, per_resolution in zip(reservoirs, per_pipeline):
             for descriptors in per_resolution:
-                descriptors = np.asarray(descriptors)[batch.valid]
-                x = np.asarray(descriptors, np.float32).reshape(-1, descriptors.shape[-1])
+                x = np.asarray(descriptors, np.float32)[batch.valid].reshape(-1, descriptors.shape[-1])
                 norms = np.linalg.norm(x, axis=1, keepdims=True)
                 reservoir.add(x / np.maximum(norms, 1e-6))
     samples = [r.sample() for r in reservoirs]

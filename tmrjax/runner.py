@@ -159,8 +159,7 @@ def embed_stream(
     ``"tfds:NAME/CONFIG:SPLIT"`` with the records' ids). Unreadable files are recorded in
     `failures` (a FailureLog) and skipped."""
     failures = failures if failures is not None else FailureLog()
-    if not hasattr(source, "load"):
-        source = open_source(source, root)
+    source = open_source(source, root)
     for path, reason in source.unreadable.failures:
         failures.add(path, reason)
     for ids, (vectors,) in embed_source(source, [pipeline], failures, batch_size=batch_size,

@@ -450,7 +450,7 @@ def test_evaluation_reports_raw_and_pca_whitened_retrieval(monkeypatch, mark_fac
     state = moco.TrainState(step=0, params=variables["params"], batch_stats=variables["batch_stats"],
                             params_k=None, batch_stats_k=None, opt_state=None, queue=None, queue_ptr=None)
     lines = []
-    record = trainer.Evaluator(config, tmp_path / "eval", lines.append)(state, 7)
+    record = trainer.Evaluator(config, encoder, tmp_path / "eval", lines.append)(state, 7)
     assert record["step"] == 7 and record["protocol"] == "metu-official"
     assert 0 <= record["NAR"] <= 1 and 0 < record["MAP@100"] <= 1
     white = record["pca_whitened"]
@@ -464,7 +464,7 @@ def test_evaluation_reports_raw_and_pca_whitened_retrieval(monkeypatch, mark_fac
 
     config.eval.pca_whitening_dim = 257  # the tiny encoder's feature: GAP of its 256-channel end map
     with pytest.raises(ValueError, match="eval.pca_whitening_dim=257 exceeds the encoder's 256-d features"):
-        trainer.Evaluator(config, tmp_path / "eval", lines.append)
+        trainer.Evaluator(config, encoder, tmp_path / "eval", lines.append)
     config.eval.pca_whitening_dim = 24  # 24 gallery marks cannot give 24 whitened dimensions
     with pytest.raises(ValueError, match="eval.pca_whitening_dim=24 needs more than 24 gallery images"):
-        trainer.Evaluator(config, tmp_path / "eval", lines.append)
+        trainer.Evaluator(config, encoder, tmp_path / "eval", lines.append)

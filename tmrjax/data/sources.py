@@ -222,11 +222,14 @@ def open_tfds(spec: str, data_dir: str | os.PathLike | None = None) -> ImageSour
 
 
 def open_source(
-    spec: str | os.PathLike | Sequence[str | os.PathLike],
+    spec: str | os.PathLike | Sequence[str | os.PathLike] | ImageSource,
     root: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
 ) -> ImageSource:
-    """The source a user names: ``tfds:NAME:SPLITS``, a folder, or a list of paths (relative to `root`)."""
+    """The source a user names: ``tfds:NAME:SPLITS``, a folder, or a list of paths (relative to `root`);
+    an `ImageSource` is returned as it is."""
+    if hasattr(spec, "load"):
+        return spec
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         if text.startswith(TFDS_PREFIX):

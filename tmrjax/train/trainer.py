@@ -355,7 +355,7 @@ class _Evaluations:
     fits it makes (PCA-w on the gallery) are kept under eval/step-N/."""
 
     def __init__(self, config: ConfigDict, encoder, workdir: Path, log):
-        self.evaluator = Evaluator(config, workdir / "eval", log)
+        self.evaluator = Evaluator(config, encoder, workdir / "eval", log)
         self.path = workdir / "eval.jsonl"
         self.records: list[dict] = []
 
@@ -371,7 +371,7 @@ class Evaluator:
     retrieval pipeline on the encoder's current variables, raw and, with
     ``eval.pca_whitening_dim``, PCA-whitened on the benchmark's gallery (hu2024 Sec. 4.2)."""
 
-    def __init__(self, config: ConfigDict, fit_root: Path, log):
+    def __init__(self, config: ConfigDict, encoder: Hu2024Encoder, fit_root: Path, log):
         from ..data.sources import open_benchmark
         from ..pipeline import load_config
 
@@ -385,7 +385,7 @@ class Evaluator:
                                      model=config.model.to_dict())
         size = config.augment.output_size
         if self.pca_dim:
-            dim = feature_dim(build_encoder(config), size)
+            dim = feature_dim(encoder, size)
             if self.pca_dim > dim:
                 raise ValueError(f"eval.pca_whitening_dim={self.pca_dim} exceeds the encoder's {dim}-d features")
         gallery = self.benchmark.num_distractors
