@@ -8,6 +8,7 @@ jax and numpy only. No name here is also a submodule's: the CRoW feature is
 from .aggregation import first_order_pool, log_cov_pool, reduce_local, spatial_weights, spd_log, vec_upper
 from .candidates import alpha_peaks, cluster_points, cluster_subsets, hull_masks
 from .crow import crow_channel_weights, crow_spatial_weights
+from .expansion import average_query_expansion, database_augmentation, regional_database_augmentation
 from .idf import assign_words, document_frequency, idf_from_document_frequency, idf_weights
 from .matching import region_similarity, regional_query_expansion
 from .pooling import (
@@ -29,10 +30,12 @@ __all__ = [
     "alpha_peaks",
     "apply_pca_whitening",
     "assign_words",
+    "average_query_expansion",
     "cluster_points",
     "cluster_subsets",
     "crow_channel_weights",
     "crow_spatial_weights",
+    "database_augmentation",
     "document_frequency",
     "first_order_pool",
     "gem",
@@ -47,6 +50,7 @@ __all__ = [
     "region_intervals",
     "region_masks",
     "region_similarity",
+    "regional_database_augmentation",
     "regional_gem",
     "regional_mac",
     "regional_query_expansion",

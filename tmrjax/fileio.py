@@ -277,3 +277,14 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def allowed_global(module: str, name: str, allowed: Mapping[str, Any]) -> tuple[str, Any | None]:
+    """For a restricted `pickle.Unpickler.find_class`: the global's Python 3 qualified name (protocol 2
+    names Python 2's modules, ``__builtin__.list``) and the object `allowed` maps it to, or None (the
+    caller refuses it, naming the file)."""
+    import _compat_pickle
+
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    qualified = f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+    return qualified, allowed.get(qualified)

@@ -14,7 +14,6 @@ of and refuses any other by name, as ``torch.load(weights_only=True)`` does: a f
 
 from __future__ import annotations
 
-import _compat_pickle
 import io
 import math
 import os
@@ -30,6 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..fileio import allowed_global
 from ..weights import WeightsError
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -198,12 +198,9 @@ class _Unpickler(pickle.Unpickler):
         self.views: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        # Protocol 2 names Python 3 modules as Python 2 did (__builtin__.exec); name them as Python 3 does.
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        qualified = f"{module}.{name}"
-        if qualified in GLOBALS:
-            return GLOBALS[qualified]
+        qualified, found = allowed_global(module, name, GLOBALS)
+        if found is not None:
+            return found
         raise WeightsError(
             f"{self.path}: refuses to unpickle the global {qualified}: the file holds pickled Python "
             f"objects (e.g. a whole nn.Module, or code), and tmrjax reads only tensors; {SAVE_WEIGHTS_ONLY}"
