@@ -51,21 +51,28 @@ def stand_in_artefacts(pipeline, seed: int = 0):
     """(`pipeline` with random Artefacts of the shapes `tmrjax fit` would produce, those artefacts),
     so a reference implementation can use the very same arrays; artefacts None when nothing is fitted."""
     from tmrjax.pipeline import Artefacts, needs_fit
+    from tmrjax.stages import POOLINGS
 
     if not needs_fit(pipeline.config):
         return pipeline, None
     e = pipeline.config.embed
     rng = np.random.default_rng(seed)
     raw, dim = pipeline.raw_dim, e.pca_whitening_dim
-    arts = Artefacts(
-        pca_mean=(rng.standard_normal(raw) * 0.01).astype(np.float32),
-        pca_projection=(rng.standard_normal((raw, dim)) / np.sqrt(raw)).astype(np.float32),
-    )
-    if e.attention == "idf":
+    arts = Artefacts()
+    if dim:
+        arts = Artefacts(
+            pca_mean=(rng.standard_normal(raw) * 0.01).astype(np.float32),
+            pca_projection=(rng.standard_normal((raw, dim)) / np.sqrt(raw)).astype(np.float32),
+        )
+    if e.region_weights == "idf":
         centroids = rng.standard_normal((e.codebook_size, dim))
         arts = dataclasses.replace(
             arts, centroids=(centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).astype(np.float32),
             idf=(1.0 + rng.uniform(0.0, np.log(30001.0), e.codebook_size)).astype(np.float32))
+    if POOLINGS[e.pooling].local_projection:  # drawn last: the other arrays stay those of earlier versions
+        channels = pipeline.first_order_features_dim
+        bases = np.linalg.qr(rng.standard_normal((channels, channels)))[0][:, :e.local_dim]
+        arts = dataclasses.replace(arts, local_projection=bases.astype(np.float32))
     pipeline = pipeline.with_artefacts(arts)
     pipeline.check_artefacts()
     return pipeline, arts

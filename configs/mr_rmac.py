@@ -12,6 +12,7 @@ def get_config():
     c.name = 'mr_rmac'
     c.paper_row = 'MR-R-MAC'
     c.embed.resolutions = (160, 224, 320)
+    c.embed.regions = 'rmac'
     c.embed.region_levels = 4
     c.embed.pooling = 'mac'
     c.embed.pca_whitening_dim = 256

@@ -13,8 +13,9 @@ def get_config():
     c.name = 'mr_rsmac_ura'
     c.paper_row = 'MR-R-SMAC w/URA'
     c.embed.resolutions = (160, 224, 320)
+    c.embed.regions = 'rmac'
     c.embed.region_levels = 4
     c.embed.pooling = 'smac'
     c.embed.pca_whitening_dim = 256
-    c.embed.attention = 'idf'
+    c.embed.region_weights = 'idf'
     return c

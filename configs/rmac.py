@@ -11,6 +11,7 @@ def get_config():
     c = retrieval_config()
     c.name = 'rmac'
     c.paper_row = 'R-MAC'
+    c.embed.regions = 'rmac'
     c.embed.region_levels = 4
     c.embed.pooling = 'mac'
     c.embed.pca_whitening_dim = 256

@@ -12,8 +12,9 @@ def get_config():
     c = retrieval_config()
     c.name = 'rmac_ura'
     c.paper_row = 'R-MAC w/URA'
+    c.embed.regions = 'rmac'
     c.embed.region_levels = 4
     c.embed.pooling = 'mac'
     c.embed.pca_whitening_dim = 256
-    c.embed.attention = 'idf'
+    c.embed.region_weights = 'idf'
     return c

@@ -11,6 +11,7 @@ def get_config():
     c = retrieval_config()
     c.name = 'rsmac'
     c.paper_row = 'R-SMAC'
+    c.embed.regions = 'rmac'
     c.embed.region_levels = 4
     c.embed.pooling = 'smac'
     c.embed.pca_whitening_dim = 256

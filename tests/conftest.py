@@ -91,7 +91,8 @@ def shrink_config(c, resolutions=(64, 96)):
 
     ResNet50 configs tap conv2 (256 channels, R-SMAC 512-d) instead of conv4 so that the
     PCA eigen-decomposition stays small (1,024-d costs ~10 s more per fit on a busy CPU);
-    PCA-w to 16 dims, 8 visual words, batches of 4; randomly initialised backbones.
+    PCA-w to 16 dims, 8 visual words, 8-d local descriptors (second order), batches of 4;
+    randomly initialised backbones.
     """
     c.embed.resolutions = tuple(resolutions)
     c.backbone.weights = "random"  # the tests check the machinery, not the features
@@ -100,6 +101,7 @@ def shrink_config(c, resolutions=(64, 96)):
     if c.embed.pca_whitening_dim:
         c.embed.pca_whitening_dim = 16
     c.embed.codebook_size = 8
+    c.embed.local_dim = 8  # second-order pooling: 36-d log-covariance vectors
     c.batch_size = 4
     c.fit.num_images = 1000
     c.fit.max_descriptors = 100_000

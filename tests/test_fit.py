@@ -26,14 +26,15 @@ def fit_sample(ura_fitted, marks_dir):
     per_resolution = [[] for _ in pipeline.resolutions]
     for batch in iter_batches(FolderSource(marks_dir), pipeline.resolutions, 4, FailureLog()):
         for out, images in zip(per_resolution, batch.images):
-            out.append(np.asarray(pipeline.describe_batch(images), np.float64)[batch.valid])
+            raw, _ = pipeline.describe_features(pipeline.features_batch(images))
+            out.append(np.asarray(raw, np.float64)[batch.valid])
     return [np.concatenate(out) for out in per_resolution]
 
 
 def test_fit_writes_pipeline_json_and_artefacts(ura_fitted, marks_dir):
     pipeline, directory = ura_fitted
     info = json.loads((directory / "pipeline.json").read_text())
-    assert info["format"] == "tmrjax-pipeline/1"
+    assert info["format"] == "tmrjax-pipeline/2"
     assert info["name"] == "mr_rsmac_ura" and info["config_hash"] == config_hash(pipeline.config)
     assert info["dim"] == 16 and info["backbone"]["arch"] == "resnet50"
     assert info["data"]["images_used"] == 12 and info["data"]["images_skipped"] == 0
@@ -154,3 +155,26 @@ def test_sample_rows_is_a_seeded_subset_in_input_order(marks_dir):
     assert subset == sorted(subset)  # input order
     assert sample_rows(12, 5, seed=3) == subset
     assert any(sample_rows(12, 5, seed=s) != subset for s in range(4, 8))
+
+
+def test_second_order_fit_learns_local_pca_bases_from_first_order_regions(marks_dir, tiny_config, tmp_path):
+    """jeong2017 Eq. 4: U^1 = the K' leading principal directions of the l2-normalised first-order
+    descriptors (Eq. 3) of every valid candidate region of the fit images, checked against numpy's eigh."""
+    config = tiny_config("jeong2017", (96,))
+    config.embed.pca_whitening_dim = 8
+    pipeline = fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "jeong", progress=False)
+    first = []
+    for batch in iter_batches(FolderSource(marks_dir), pipeline.resolutions, 4, FailureLog()):
+        descriptors, valid = pipeline.first_order_features(pipeline.features_batch(batch.images[0]))
+        keep = np.asarray(valid) & batch.valid[:, None]
+        first.append(np.asarray(descriptors, np.float64)[keep])
+    sample = l2(np.concatenate(first))
+    _, vectors = np.linalg.eigh(np.cov(sample, rowvar=False))
+    leading = vectors[:, ::-1][:, :config.embed.local_dim]
+    bases = pipeline.artefacts.local_projection.astype(np.float64)
+    assert bases.shape == (pipeline.first_order_features_dim, config.embed.local_dim)
+    # the same subspace, direction by direction (up to sign)
+    np.testing.assert_allclose(np.abs(np.sum(bases * leading, axis=0)), 1.0, atol=1e-3)
+    info = json.loads((tmp_path / "jeong" / "pipeline.json").read_text())
+    assert info["data"]["local_descriptors"] == len(sample)
+    assert "PCA bases of local descriptors" in describe_fit(pipeline)

@@ -161,3 +161,20 @@ def test_an_index_keeps_its_kind_unless_rebuilt(indexed, ura_fitted):
     root, index_dir, _ = indexed
     with pytest.raises(PipelineError, match="is a 'flat' index, not 'hnsw'; use --rebuild"):
         index_folder(root, ura_fitted[0], index_dir, kind="hnsw", progress=False)
+
+
+def test_a_region_matching_pipeline_indexes_and_searches_a_folder(marks_dir, tiny_config, tmp_path):
+    """jeong2017 end to end on a folder: fit (local PCA bases + PCA-w), a region index, search."""
+    config = tiny_config("jeong2017", (96,))
+    config.embed.pca_whitening_dim = 8
+    pipeline = fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "fitted", progress=False)
+    root = shutil.copytree(marks_dir, tmp_path / "marks")
+    report = index_folder(root, pipeline, tmp_path / "index", progress=False)
+    index = GalleryIndex.open(str(tmp_path / "index"))
+    assert report.total == 12 and index.regions == pipeline.regions_per_image == 8
+    ids = list_images(root)
+    _, exact = search_images(tmp_path / "index", [root / i for i in ids], k=3)
+    _, approximate = search_images(tmp_path / "index", [root / i for i in ids], k=3, region_k=200)
+    for query, ranking, other in zip(ids, exact, approximate):
+        assert ranking[0][0] == query and ranking[0][1] == pytest.approx(1.0, abs=1e-4)
+        assert [i for i, _ in other] == [i for i, _ in ranking]

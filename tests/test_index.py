@@ -422,3 +422,70 @@ def test_open_detects_files_that_do_not_match_meta(tmp_path):
         f.write(b"garbage")
     with pytest.raises(ValueError, match=r"table\.000001\.npz: \d+ bytes, but .*meta\.json recorded"):
         GalleryIndex.open(path)
+
+
+# ------------------------------------------------------------------------------ region indexes
+
+
+def region_vectors(seed: int, n: int, regions: int, dim: int) -> np.ndarray:
+    """Unit region vectors, every third item lacking its last region (all zero)."""
+    x = unit_vectors(seed, n * regions, dim).reshape(n, regions, dim)
+    x[::3, -1] = 0.0
+    return x
+
+
+def best_pair_topk(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """jeong2017 Eq. 7 by brute force: items ranked by their best pair of present regions."""
+    pairs = np.einsum("qmd,ntd->qnmt", queries, database)
+    present = np.any(database != 0, axis=-1)[None, :, None, :] & np.any(queries != 0, axis=-1)[:, None, :, None]
+    scores = np.where(present, pairs, -np.inf).max(axis=(2, 3))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def test_region_index_ranks_items_by_their_best_matched_region_pair(tmp_path):
+    database, queries = region_vectors(1, 120, 3, 8), region_vectors(2, 5, 3, 8)
+    gallery = GalleryIndex.create(str(tmp_path / "idx"), 8, {"kind": "flat"}, {"vectors_hash": "r"}, regions=3)
+    ids = add_rows(gallery, database, 0)
+    assert gallery._index.ntotal == 120 * 3 - 40  # absent regions are not stored
+    expected_scores, expected = best_pair_topk(database, queries, 10)
+    scores, found = gallery.search(queries, 10)  # exact: every stored pair
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert found == [[ids[j] for j in row] for row in expected]
+    # from the nearest regions of each query region: with all of them, the same ranking
+    scores, found = gallery.search(queries, 10, region_k=360)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert found == [[ids[j] for j in row] for row in expected]
+    _, few = gallery.search(queries, 10, region_k=5)
+    assert all(len(row) <= 10 for row in few) and recall_at(few, expected, ids) > 0.3
+    # a one-region query (regional query expansion, Eq. 8) against the same index
+    one, expected_one = queries[:, :1], best_pair_topk(database, queries[:, :1], 10)[1]
+    assert gallery.search(one, 10)[1] == [[ids[j] for j in row] for row in expected_one]
+
+
+def test_region_index_survives_checkpoints_removal_and_reopening(tmp_path):
+    path = str(tmp_path / "idx")
+    database, queries = region_vectors(3, 90, 4, 8), region_vectors(4, 4, 4, 8)
+    gallery = GalleryIndex.create(path, 8, {"kind": "flat"}, {"vectors_hash": "r"}, regions=4)
+    ids = add_rows(gallery, database[:60], 0)
+    gallery.save()
+    ids += add_rows(gallery, database[60:], 60)
+    gallery.remove(ids[10:20])
+    gallery.checkpoint()  # a delta holding (n, R * dim) vectors
+    assert GalleryIndex.open(path)._meta["deltas"]
+    reopened = GalleryIndex.open(path)
+    keep = np.r_[0:10, 20:90]
+    _, expected = best_pair_topk(database[keep], queries, 15)
+    assert reopened.search(queries, 15)[1] == [[ids[keep[j]] for j in row] for row in expected]
+    assert reopened.regions == 4 and len(reopened) == 80
+
+
+def test_region_index_refuses_bad_vectors_and_hnsw(tmp_path):
+    gallery = GalleryIndex.create(str(tmp_path / "idx"), 4, {"kind": "flat"}, {"vectors_hash": "r"}, regions=2)
+    empty = np.zeros((1, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="one at least present"):
+        add_rows(gallery, empty, 0)
+    with pytest.raises(ValueError, match=r"expected \(1, 2, 4\)"):
+        add_rows(gallery, np.ones((1, 4), np.float32), 0)
+    with pytest.raises(ValueError, match="region index needs faiss ids"):
+        GalleryIndex.create(str(tmp_path / "h"), 4, {"kind": "hnsw"}, {"vectors_hash": "r"}, regions=2)

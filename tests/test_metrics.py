@@ -346,3 +346,45 @@ def test_paired_bootstrap_interval():
     assert paired_bootstrap(a, a[::-1], resamples=500, seed=7)[1:] == pytest.approx(expected)
     with pytest.raises(ValueError, match="equal-length"):
         paired_bootstrap([1.0, 2.0], [1.0])
+
+
+def best_region_pair_scores(db: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
+    """jeong2017 Eq. 7 by loops: each (query, image) scores its best pair of present (non-zero) regions."""
+    out = np.full((query_rows.size, db.shape[0]), -np.inf, np.float32)
+    for i, q in enumerate(query_rows):
+        for n in range(db.shape[0]):
+            for a in db[q]:
+                for b in db[n]:
+                    if a.any() and b.any():
+                        out[i, n] = max(out[i, n], np.float32(a @ b))
+    return out
+
+
+@pytest.mark.parametrize("protocol", sorted(metrics.PROTOCOLS))
+def test_region_vectors_rank_by_their_best_matched_region_pair(protocol):
+    rng = np.random.default_rng(3)
+    num_db, regions = 301, 3
+    # Unit vectors with four entries of +-1/2: every product is a multiple of 1/4, exact in any order,
+    # so ties are ties; every third image lacks its last region.
+    db = np.zeros((num_db, regions, 8), np.float32)
+    for n in range(num_db):
+        for r in range(regions):
+            db[n, r, rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    db[::3, 2] = 0.0
+    query_rows = rng.choice(num_db, 12, replace=False)
+    groups = np.repeat(np.arange(4), 3)
+    db[query_rows[1::3], 0] = db[query_rows[0::3], 1]  # group members share a region
+    relevant = metrics.group_relevance(query_rows, groups)
+    ev = metrics.evaluate(db, query_rows, relevant, k=20, protocol=protocol, chunk_rows=64)
+    scores = best_region_pair_scores(db, query_rows)
+    np.testing.assert_allclose(metrics.similarities(db, query_rows, chunk_rows=64), scores, rtol=0, atol=1e-6)
+    for i, q in enumerate(query_rows):
+        np.testing.assert_array_equal(ev.ranks[i], reference_ranks(scores[i], q, list(relevant[i]), protocol))
+
+
+def test_region_vectors_must_be_unit_or_absent():
+    db = np.zeros((4, 2, 3), np.float32)
+    db[:, 0, 0] = 1.0
+    db[2, 1] = [0.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"all zero for an absent region.*row \(2, 1\): 0.5"):
+        metrics.evaluate(db, [0], [[0]])

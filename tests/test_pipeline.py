@@ -45,8 +45,8 @@ def test_config_loads_validates_and_names_its_paper_table_row(name):
     validate_config(config)
     assert config.name == name
     doc = importlib.import_module(f"tmrjax.configs.{name}").__doc__
-    assert doc and re.search(r"Table \d|^Not a paper row", doc, re.M), \
-        f"configs/{name}.py: docstring names no paper table (nor says it is not a paper row)"
+    assert doc and re.search(r"Table \d|Fig\. \d|^Not a paper row", doc, re.M), \
+        f"configs/{name}.py: docstring names no paper table or figure (nor says it is not a paper row)"
     assert config.paper_row and config.paper_row in doc, \
         f"configs/{name}.py: paper_row {config.paper_row!r} not in docstring"
 
@@ -55,8 +55,9 @@ def test_config_loads_validates_and_names_its_paper_table_row(name):
 def test_config_fields_agree_with_the_method_name(name):
     e = load_config(name).embed
     assert (len(e.resolutions) == 3) == name.startswith("mr_"), e.resolutions
-    assert (e.attention == "idf") == name.endswith("_ura")
-    assert (e.region_levels == 4) == (name.startswith("r") or name.startswith("mr_")), e.region_levels
+    assert (e.region_weights == "idf") == name.endswith("_ura")
+    regional = name.startswith("r") or name.startswith("mr_")
+    assert (e.region_levels == 4) == regional and (e.regions == "rmac") == regional, (e.regions, e.region_levels)
     assert (e.pooling == "smac") == ("rsmac" in name)
     assert (e.pca_whitening_dim == 0) == (name == "mac")
     if name.startswith("mr_"):
@@ -90,8 +91,18 @@ def test_paper_configs_without_shipped_weights_ask_for_weights():
 
 
 def test_distinct_configs_have_distinct_hashes():
-    hashes = {name: config_hash(load_config(name)) for name in available_configs()}
-    assert len(set(hashes.values())) == len(hashes), hashes
+    """Configs that make different vectors hash differently; those that differ only at search time
+    (`search`: query expansion, DBA) make the same vectors and share their hash."""
+    configs = {name: load_config(name) for name in available_configs()}
+    hashes = {name: config_hash(c) for name, c in configs.items()}
+    vectors_of = {}
+    for name in configs:
+        vectors_of.setdefault(hashes[name], []).append(name)
+    for names in vectors_of.values():
+        same = [{k: v for k, v in configs[n].to_dict().items() if k not in ("name", "paper_row", "search")}
+                for n in names]
+        assert all(s == same[0] for s in same), f"{names} share a hash but differ in more than search"
+    assert len(vectors_of) == len(hashes) - sum(configs[n].search.query_expansion > 0 for n in configs), hashes
     assert all(re.fullmatch(r"[0-9a-f]{16}", h) for h in hashes.values())
 
 
@@ -111,7 +122,10 @@ def test_hash_covers_backbone_and_embed_only():
     "field, value, message",
     [
         ("pooling", "max", "embed.pooling='max'"),
-        ("attention", "softmax", "embed.attention='softmax'"),
+        ("region_weights", "softmax", "embed.region_weights='softmax'"),
+        ("regions", "grid", "embed.regions='grid'"),
+        ("spatial_attention", "cam", "embed.spatial_attention='cam'"),
+        ("output", "pairs", "embed.output='pairs'"),
         ("resolutions", (16,), "embed.resolutions=(16,)"),
         ("region_levels", -1, "embed.region_levels=-1"),
     ],
@@ -163,7 +177,7 @@ def numpy_mr_rsmac_ura(pipeline, images_per_resolution):
 
     Returns the (B, d) embeddings and the IDF weight given to every region."""
     e, arts, tap = pipeline.config.embed, pipeline.artefacts, pipeline.config.backbone.tap
-    assert e.pooling == "smac" and e.attention == "idf"
+    assert e.pooling == "smac" and e.region_weights == "idf"
     mean, projection = arts.pca_mean.astype(np.float64), arts.pca_projection.astype(np.float64)
     centroids, idf = arts.centroids.astype(np.float64), arts.idf.astype(np.float64)
     backbone = jax.jit(lambda variables, images: pipeline.module.apply(variables, images)[tap])
@@ -215,14 +229,16 @@ def test_every_pipeline_config_fits_and_embeds(name, tiny_config, marks_dir, mar
 
     multi_resolution = len(load_config(name).embed.resolutions) > 1
     config = tiny_config(name, resolutions=(64, 96) if multi_resolution else (96,))
-    if config.embed.region_levels == 0 and config.embed.pca_whitening_dim:
-        config.embed.pca_whitening_dim = 8  # global pooling: 12 marks give 12 descriptors
+    if config.embed.regions != "rmac" and config.embed.pca_whitening_dim:
+        config.embed.pca_whitening_dim = 8  # global pooling: 12 marks give 12 descriptors (candidates: a few more)
     pipeline = Pipeline.create(config)
     if needs_fit(config):
         pipeline = fit_pipeline(pipeline, marks_dir, tmp_path / name, progress=False)
     vectors = tmrjax.embed([np.asarray(mark_factory[0](s)) for s in range(3)], pipeline)
-    assert vectors.shape == (3, pipeline.dim) and np.isfinite(vectors).all()
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors.shape == (3, *pipeline.vector_shape) and np.isfinite(vectors).all()
+    norms = np.linalg.norm(vectors, axis=-1)
+    np.testing.assert_allclose(norms[norms > 0], 1.0, atol=1e-5)  # region vectors: invalid regions are zero
+    assert (norms > 0).any(axis=-1).all() if vectors.ndim == 3 else True
     assert pipeline.dim == (pipeline.raw_dim if not config.embed.pca_whitening_dim else config.embed.pca_whitening_dim)
 
 

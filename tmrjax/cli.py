@@ -85,7 +85,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     failures = FailureLog()
     pipeline, results = search_images(args.index, args.queries, k=args.k, verify=not args.no_verify,
-                                      failures=failures)
+                                      failures=failures, region_k=args.region_k)
     reasons = dict(failures.failures)
     if args.json:
         print(json.dumps(
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index directory from `tmrjax index`")
     p.add_argument("queries", nargs="+", help="query image file(s)")
     p.add_argument("-k", type=_positive_int, default=100, help="results per query")
+    p.add_argument("--region-k", type=_positive_int, default=None,
+                   help="region indexes (jeong2017 pipelines): rank from the N nearest regions of each query region "
+                        "instead of every region pair (exact, the default for a flat index)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the index files on open (very large indexes; other checks stay)")

@@ -32,6 +32,7 @@ from .pipeline import (
     load_config,
     needs_fit,
 )
+from .rerank import augment_database, expand_queries
 from .runner import embed_all
 
 
@@ -262,10 +263,15 @@ def run_eval(
 
     rows: list[Row] = []
     evaluations: dict[str, Evaluation] = {}
+    searched: dict[str, np.ndarray | None] = {}
     for config, tag in zip(configs, tags):
-        result = evaluate(vectors[config.name], benchmark.query_rows, benchmark.relevant, k=100, protocol=protocol)
+        # Search-time post-processing (config.search): DBA replaces the database, QE the queries.
+        vectors[config.name] = augment_database(vectors[config.name], config.search)
+        searched[config.name] = expand_queries(vectors[config.name], np.asarray(benchmark.query_rows), config.search)
+        result = evaluate(vectors[config.name], benchmark.query_rows, benchmark.relevant, k=100, protocol=protocol,
+                          query_vectors=searched[config.name])
         evaluations[config.name] = result
-        rows.append(Row(config.name, config.paper_row, int(vectors[config.name].shape[1]), result.nar,
+        rows.append(Row(config.name, config.paper_row, int(vectors[config.name].shape[-1]), result.nar,
                         result.map_at_k, result.map, result.protocol, tag))
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(rows, benchmark.name)
@@ -278,5 +284,5 @@ def run_eval(
     from .report import write_report
 
     report = write_report(out / "report", benchmark, {n: vectors[n] for n in labels}, evaluations, rows,
-                          num_queries=report_queries)
+                          num_queries=report_queries, query_vectors=searched)
     return rows, report

@@ -4,9 +4,14 @@ tursun2021 Sec. 3: PCA-whitening learned on regional features of 30,000 sampled 
 (256 dims), then URA: a 1,024-word k-means codebook (faiss) of the post-processed regional
 features and the IDF of each word over the sampled images (one image = one document).
 
-Two passes over the sample when URA is on: the first learns PCA-whitening from a uniform
-sample of raw regional descriptors; the second post-processes every region with it,
-clusters a sample of them and counts document frequencies. Raw descriptors (up to
+jeong2017 Sec. 3: second-order pooling reduces local descriptors with PCA bases learned on
+first-order regional descriptors (Eq. 4), then PCA-whitens the pooled ones (Eq. 6).
+
+Up to three passes over the sample, each only for the pipelines that need it: pass 0 learns
+the local PCA bases (second-order pooling needs them before it can pool); pass 1 learns
+PCA-whitening from a uniform sample of raw regional descriptors; pass 2 (URA) post-processes
+every region with it, clusters a sample of them and counts document frequencies. Invalid
+regions (candidate subsets without a cell) are never sampled. Raw descriptors (up to
 2,048-d x 90 regions per image) are never all kept in memory.
 """
 
@@ -29,6 +34,7 @@ from .kernels import idf as idf_kernels
 from .kernels import whitening
 from .pipeline import Artefacts, CombinedPipeline, Pipeline, PipelineError, needs_fit
 from .runner import run_pipelines
+from .stages import POOLINGS
 
 
 class _Reservoir:
@@ -63,12 +69,34 @@ def sample_rows(count: int, num_images: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(count, num_images, replace=False))
 
 
-def _regional_descriptors(pipeline: Pipeline, maps: list[jax.Array]) -> list[jax.Array]:
+def _regional_descriptors(pipeline: Pipeline, maps: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
     return [pipeline.describe_features(m) for m in maps]
 
 
+def _first_order_descriptors(pipeline: Pipeline, maps: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
+    return [pipeline.first_order_features(m) for m in maps]
+
+
 def _postprocessed_regions(pipeline: Pipeline, maps: list[jax.Array]) -> np.ndarray:
-    return np.concatenate([np.asarray(pipeline.postprocess_batch(pipeline.describe_features(m))) for m in maps], axis=1)
+    return np.concatenate([np.asarray(pipeline.postprocess_batch(pipeline.describe_features(m)[0])) for m in maps],
+                          axis=1)
+
+
+def _sample_regions(pipelines: Sequence[Pipeline], fn, dims: Sequence[int], rngs, images: ImageSource,
+                    rows: list[int], failures: FailureLog, desc: str, progress: bool) -> tuple[list[np.ndarray], int]:
+    """A uniform sample (at most fit.max_descriptors) of the l2-normalised valid regional descriptors
+    `fn(pipeline, maps)` gives for each pipeline over `rows`, and the number of images read."""
+    reservoirs = [_Reservoir(p.config.fit.max_descriptors, dim, rng) for p, dim, rng in zip(pipelines, dims, rngs)]
+    images_used = 0
+    for batch, per_pipeline in run_pipelines(images, pipelines, fn, failures, rows, desc=desc, progress=progress):
+        images_used += len(batch.ids)
+        for reservoir, per_resolution in zip(reservoirs, per_pipeline):
+            for descriptors, valid in per_resolution:
+                keep = np.asarray(valid) & batch.valid[:, None]
+                x = np.asarray(descriptors, np.float32)[keep]
+                norms = np.linalg.norm(x, axis=1, keepdims=True)
+                reservoir.add(x / np.maximum(norms, 1e-6))
+    return [r.sample() for r in reservoirs], images_used
 
 
 def fit_pipeline(
@@ -169,7 +197,7 @@ def _fit_group(
 
     for pipeline in pipelines:  # global pooling: one descriptor per image and resolution
         dim, resolutions = pipeline.config.embed.pca_whitening_dim, len(pipeline.resolutions)
-        if pipeline.config.embed.region_levels == 0 and len(rows) * resolutions <= dim:
+        if pipeline.config.embed.regions == "global" and len(rows) * resolutions <= dim:
             raise PipelineError(
                 f"{images.describe()}: {pipeline.name} pools one descriptor per image and resolution, so "
                 f"{len(rows)} images give at most {len(rows) * resolutions}, too few to fit PCA-whitening "
@@ -179,33 +207,52 @@ def _fit_group(
     rngs = [np.random.default_rng(p.config.fit.seed) for p in pipelines]
     names = "+".join(p.name for p in pipelines)
 
-    # Pass 1: PCA-whitening from a uniform sample of l2-normalised raw regional descriptors.
-    reservoirs = [_Reservoir(p.config.fit.max_descriptors, p.raw_dim, rng) for p, rng in zip(pipelines, rngs)]
-    images_used = 0
-    for batch, per_pipeline in run_pipelines(images, pipelines, _regional_descriptors, failures, rows,
-                                             desc=f"fit PCA-w {names}", progress=progress):
-        images_used += len(batch.ids)
-        for reservoir, per_resolution in zip(reservoirs, per_pipeline):
-            for descriptors in per_resolution:
-                x = np.asarray(descriptors, np.float32)[batch.valid].reshape(-1, descriptors.shape[-1])
-                norms = np.linalg.norm(x, axis=1, keepdims=True)
-                reservoir.add(x / np.maximum(norms, 1e-6))
-    samples = [r.sample() for r in reservoirs]
     pipelines = list(pipelines)
-    for i, (pipeline, sample) in enumerate(zip(pipelines, samples)):
-        dim = pipeline.config.embed.pca_whitening_dim
+    images_used = 0
+
+    # Pass 0 (second-order pooling): PCA bases of first-order regional descriptors (jeong2017 Eq. 4),
+    # which reduce the local descriptors before the covariance; pass 1 pools with them.
+    local = [i for i, p in enumerate(pipelines) if POOLINGS[p.config.embed.pooling].local_projection]
+    local_counts: dict[int, int] = {}
+    if local:
+        members = [pipelines[i] for i in local]
+        first, images_used = _sample_regions(
+            members, _first_order_descriptors, [p.first_order_features_dim for p in members],
+            [rngs[i] for i in local], images, rows, failures, f"fit local PCA {'+'.join(p.name for p in members)}",
+            progress)
+        for i, sample in zip(local, first):
+            dim, local_counts[i] = pipelines[i].config.embed.local_dim, len(sample)
+            if len(sample) < dim + 1:
+                raise PipelineError(
+                    f"{images.describe()}: {len(sample)} first-order regional descriptors from {images_used} images "
+                    f"cannot fit {pipelines[i].name}'s {dim} PCA bases of local descriptors; fit on more images")
+            _, bases = whitening.learn_pca_whitening(jnp.asarray(sample), dim, power=0.0)
+            pipelines[i] = pipelines[i].with_artefacts(Artefacts(local_projection=np.asarray(bases)))
+
+    # Pass 1: PCA-whitening from a uniform sample of l2-normalised raw regional descriptors.
+    whiten = [i for i, p in enumerate(pipelines) if p.config.embed.pca_whitening_dim > 0]
+    samples: dict[int, np.ndarray] = {}
+    if whiten:
+        members = [pipelines[i] for i in whiten]
+        log = FailureLog() if local else failures  # pass 0 has reported the unreadable images
+        raw, used = _sample_regions(members, _regional_descriptors, [p.raw_dim for p in members],
+                                    [rngs[i] for i in whiten], images, rows, log, f"fit PCA-w {names}", progress)
+        images_used = max(images_used, used)
+        samples = dict(zip(whiten, raw))
+    for i, sample in samples.items():
+        pipeline, dim = pipelines[i], pipelines[i].config.embed.pca_whitening_dim
         if len(sample) < dim + 1:
             raise PipelineError(
                 f"{images.describe()}: {len(sample)} regional descriptors from {images_used} images cannot fit "
                 f"{pipeline.name}'s PCA-whitening to {dim} dims; fit on more images"
             )
         mean, projection = whitening.learn_pca_whitening(
-            jnp.asarray(sample), dim, power=pipeline.config.embed.get("whitening_power", 0.5))
-        pipelines[i] = pipeline.with_artefacts(
-            Artefacts(pca_mean=np.asarray(mean), pca_projection=np.asarray(projection)))
+            jnp.asarray(sample), dim, power=pipeline.config.embed.whitening_power)
+        pipelines[i] = pipeline.with_artefacts(dataclasses.replace(
+            pipeline.artefacts, pca_mean=np.asarray(mean), pca_projection=np.asarray(projection)))
 
     # Pass 2 (URA): codebook of post-processed regions, IDF over images as documents.
-    ura = [i for i, p in enumerate(pipelines) if p.config.embed.attention == "idf"]
+    ura = [i for i, p in enumerate(pipelines) if p.config.embed.region_weights == "idf"]
     if ura:
         # float32 (R_total, d) per image, 90 x 256 x 4 bytes = 92 KB (2.8 GB for 30,000 marks):
         # words are assigned on exactly the values embedding will see.
@@ -229,13 +276,14 @@ def _fit_group(
                 "images_sampled": len(rows),
                 "images_used": images_used,
                 "images_skipped": len(failures),
-                "pca_descriptors": len(sample),
+                **({"local_descriptors": local_counts[i]} if i in local_counts else {}),
+                **({"pca_descriptors": len(samples[i])} if i in samples else {}),
                 "seed": int(pipeline.config.fit.seed),
                 "seconds": round(time.time() - started, 1),
                 "fitted_with": [p.name for p in pipelines],
             },
         )
-        for pipeline, sample, out_dir in zip(pipelines, samples, out_dirs)
+        for i, (pipeline, out_dir) in enumerate(zip(pipelines, out_dirs))
     ]
 
 
@@ -283,6 +331,10 @@ def describe_fit(pipeline: Pipeline) -> str:
     arts = pipeline.artefacts
     data = json.loads((Path(pipeline.path) / "pipeline.json").read_text())["data"]
     learned = []
+    if arts.local_projection is not None:
+        d_in, d_out = arts.local_projection.shape
+        learned.append(f"PCA bases of local descriptors {d_in:,} -> {d_out:,} dims "
+                       f"(from {data['local_descriptors']:,} first-order regions)")
     if arts.pca_projection is not None:
         d_in, d_out = arts.pca_projection.shape
         learned.append(f"PCA-whitening {d_in:,} -> {d_out:,} dims (from {data['pca_descriptors']:,} descriptors)")

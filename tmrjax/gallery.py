@@ -92,7 +92,8 @@ def _index_locked(
         if kind is not None and index.params["kind"] != kind:
             raise PipelineError(f"{out}: is a {index.params['kind']!r} index, not {kind!r}; use --rebuild")
     else:
-        index = GalleryIndex.create(str(out), pipeline.dim, index_params(pipeline.config, kind), info)
+        index = GalleryIndex.create(str(out), pipeline.dim, index_params(pipeline.config, kind), info,
+                                    regions=pipeline.regions_per_image)
 
     to_add, changed, unchanged = index.plan_update(str(root), paths)
     deleted = sorted(set(index.ids) - set(paths))  # files gone from the folder leave the index
@@ -133,8 +134,9 @@ def _index_locked(
 
 
 def _drop_empty(ids: list[str], vectors: np.ndarray, failures: FailureLog) -> tuple[list[str], np.ndarray]:
-    """Record and leave out images whose embedding is the zero vector (nothing to rank them by)."""
-    ok = np.linalg.norm(vectors, axis=1) > 0.5
+    """Record and leave out images whose embedding is the zero vector, or that have no region (nothing
+    to rank them by)."""
+    ok = np.linalg.norm(vectors.reshape(len(vectors), -1, vectors.shape[-1]), axis=-1).max(axis=1) > 0.5
     for i in np.flatnonzero(~ok):
         failures.add(ids[i], "embedding is the zero vector (all features or region weights are 0)")
     return [i for i, keep in zip(ids, ok) if keep], vectors[ok]
@@ -157,12 +159,12 @@ def _add_pending(index: GalleryIndex, root: Path, pending: list[tuple[list[str],
 
 def search_images(
     index_dir: str | os.PathLike, queries: list[str | os.PathLike], k: int = 100, verify: bool = True,
-    failures: FailureLog | None = None,
+    failures: FailureLog | None = None, region_k: int | None = None,
 ) -> tuple[Pipeline, list[list[tuple[str, float]] | None]]:
     """Rank the indexed marks for each query image: [[(id, similarity), ...], ...].
 
     A query that cannot be read is recorded in `failures` (when given; else it raises) and its
-    ranking is None; the other queries are answered.
+    ranking is None; the other queries are answered. `region_k`: see `GalleryIndex.search`.
     """
     index = GalleryIndex.open(str(index_dir), verify=verify)
     pipeline = pipeline_of_index(index)
@@ -175,8 +177,9 @@ def search_images(
     for path, reason in skipped.failures:
         failures.add(path, reason)
     answered = [n for n in names if n in vectors_of]
-    vectors = np.stack([vectors_of[n] for n in answered]) if answered else np.zeros((0, index.dim), np.float32)
-    scores, ids = index.search(vectors, k)
+    vectors = (np.stack([vectors_of[n] for n in answered]) if answered
+               else np.zeros((0, *pipeline.vector_shape), np.float32))
+    scores, ids = index.search(vectors, k, region_k)
     ranking_of = {n: list(zip(row_ids, map(float, row_scores)))
                   for n, row_ids, row_scores in zip(answered, ids, scores)}
     return pipeline, [ranking_of.get(n) for n in names]

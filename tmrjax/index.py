@@ -1,6 +1,10 @@
 """Gallery index: faiss vectors plus an id table, kept in one directory that is always consistent.
 
-Vectors are float32 and l2-normalised; similarity is the inner product. Each indexed item has a
+Vectors are float32 and l2-normalised; similarity is the inner product. A region index (meta.json
+`regions` R > 1, a pipeline of `Output.REGIONS`) holds up to R region vectors per item, faiss id
+label * R + r for region r (absent regions are not stored), and ranks items by their best-matched
+region pair (jeong2017 Eq. 7): exactly over every stored region with a flat index, or from the
+best `region_k` regions each query region retrieves. Each indexed item has a
 row in the id table (`id` = path relative to the gallery root, `sha256`, `size`, `mtime_ns`,
 `label`), rows in ascending `label` order, and `label` is the item's id inside faiss. Labels only
 grow, so removing rows never renumbers anything. The kinds of faiss index (flat, ivfpq, hnsw) and
@@ -73,6 +77,8 @@ _SHA256 = r"[0-9a-f]{64}"
 # Upper bounds for fields of meta.json: far above any real index, low enough to refuse absurd values.
 _MAX_DIM = 1 << 16
 _MAX_DELTAS = 100_000
+_MAX_REGIONS = 1 << 10
+DEFAULT_REGION_K = 100  # regions each query region retrieves in an approximate region search
 _TABLE_SCHEMA = {"ids": ("u", 1), "sha256": ("u", 2), "size": ("iu", 1), "mtime_ns": ("iu", 1), "label": ("iu", 1)}
 _DELTA_SCHEMA = {**_TABLE_SCHEMA, "vectors": ("f", 2), "removed": ("iu", 1), "refresh_label": ("iu", 1),
                  "refresh_size": ("iu", 1), "refresh_mtime_ns": ("iu", 1)}
@@ -199,10 +205,12 @@ def _checked_meta(record: Record, meta_path: str, version: int) -> dict:
 
     pipeline = record.record("pipeline")
     pipeline.str(PIPELINE_HASH_KEY)
+    regions = record.int("regions", 1, _MAX_REGIONS) if "regions" in record.doc else 1
     return {
         **record.doc,
         "format_version": FORMAT_VERSION,  # what the next commit writes
         "dim": dim,
+        "regions": regions,
         "index": record.record("index").doc,
         "count": count,
         "next_label": next_label,
@@ -259,9 +267,15 @@ class GalleryIndex:
     # ----------------------------------------------------------------------------------------- open
 
     @classmethod
-    def create(cls, path: str, dim: int, index_params: dict, pipeline_info: dict) -> GalleryIndex:
-        """Make a new empty index in directory `path` (created if missing) and commit it at once."""
+    def create(cls, path: str, dim: int, index_params: dict, pipeline_info: dict, regions: int = 1) -> GalleryIndex:
+        """Make a new empty index in directory `path` (created if missing) and commit it at once;
+        `regions` > 1: a region index of up to that many vectors per item."""
         params = validate_index_params(index_params, dim)
+        if isinstance(regions, bool) or not isinstance(regions, int) or not 1 <= regions <= _MAX_REGIONS:
+            raise ValueError(f"regions must be an int in [1, {_MAX_REGIONS}], got {regions!r}")
+        if regions > 1 and not INDEX_KINDS[params["kind"]].takes_ids:
+            raise ValueError(f"a region index needs faiss ids (label * R + region); kind {params['kind']!r} numbers "
+                             "vectors itself: use flat or ivfpq")
         if not isinstance(pipeline_info, dict) or not isinstance(pipeline_info.get(PIPELINE_HASH_KEY), str):
             raise ValueError(f"pipeline_info must be a dict with a string {PIPELINE_HASH_KEY!r}, got {pipeline_info!r}")
         try:
@@ -276,6 +290,7 @@ class GalleryIndex:
         meta = {
             "format_version": FORMAT_VERSION,
             "dim": dim,
+            "regions": regions,
             "index": params,
             "count": 0,
             "next_label": 0,
@@ -354,12 +369,17 @@ class GalleryIndex:
         index = _read_faiss(index_file, meta["index"]["kind"])
         table_file = checked(meta["files"]["table"], _TABLE_FILE)
         rows = _Rows.from_arrays(load_npz(table_file, _TABLE_SCHEMA), table_file)
-        if index.d != meta["dim"] or index.ntotal != len(rows):
+        regions = meta["regions"]
+        if index.d != meta["dim"] or not len(rows) <= index.ntotal <= len(rows) * regions or (
+                regions == 1 and index.ntotal != len(rows)):
             raise StoredFileError(
                 index_file, f"dim {index.d} with {index.ntotal} vectors, but {table_file} has {len(rows)} rows"
-                f" and {meta_path} says dim {meta['dim']}")
-        if isinstance(index, faiss.IndexIDMap) and not np.array_equal(faiss.vector_to_array(index.id_map), rows.label):
-            raise StoredFileError(index_file, f"its vector ids are not the labels of {table_file}")
+                f" of {regions} region(s) and {meta_path} says dim {meta['dim']}")
+        if isinstance(index, faiss.IndexIDMap):
+            ids = faiss.vector_to_array(index.id_map)
+            if not (np.array_equal(np.unique(ids // regions), rows.label) and np.all(np.diff(ids) > 0)):
+                raise StoredFileError(index_file, f"its vector ids are not the labels of {table_file}"
+                                      + (f" times {regions} plus a region" if regions > 1 else ""))
         if len(rows) and rows.label[-1] >= meta["next_label"]:
             raise StoredFileError(table_file, f"label {rows.label[-1]} is not below next_label {meta['next_label']}")
         gallery = cls(path, meta, index, rows)
@@ -387,15 +407,17 @@ class GalleryIndex:
         rows.size[refreshed] = z["refresh_size"]
         rows.mtime_ns[refreshed] = z["refresh_mtime_ns"]
         added = _Rows.from_arrays(z, path)
-        if z["vectors"].shape != (len(added), self.dim):
-            raise StoredFileError(path, f"vectors have shape {z['vectors'].shape}, expected ({len(added)}, {self.dim})")
+        if z["vectors"].shape != (len(added), self.regions * self.dim):
+            raise StoredFileError(path, f"vectors have shape {z['vectors'].shape}, expected "
+                                        f"({len(added)}, {self.regions * self.dim})")
         above = int(rows.label[-1]) + 1 if len(rows) else 0
         if len(added) and (added.label[0] < above or added.label[-1] >= self._meta["next_label"]):
             raise StoredFileError(path, f"adds labels {added.label[0]}..{added.label[-1]} outside "
                                         f"[{above}, {self._meta['next_label']})")
         if not set(added.ids).isdisjoint(self._labels_by_id()):
             raise StoredFileError(path, "adds ids that are already indexed")
-        self._append(added, np.ascontiguousarray(z["vectors"], np.float32))
+        vectors = np.ascontiguousarray(z["vectors"], np.float32)
+        self._append(added, vectors.reshape(len(added), self.regions, self.dim) if self.regions > 1 else vectors)
 
     def check_pipeline(self, pipeline_info: dict) -> None:
         """Fail unless `pipeline_info` has the config hash this index's vectors were made with."""
@@ -421,6 +443,15 @@ class GalleryIndex:
     @property
     def dim(self) -> int:
         return int(self._meta["dim"])
+
+    @property
+    def regions(self) -> int:
+        """R: region vectors per item (1: one vector per item)."""
+        return int(self._meta["regions"])
+
+    @property
+    def vector_shape(self) -> tuple[int, ...]:
+        return (self.regions, self.dim) if self.regions > 1 else (self.dim,)
 
     @property
     def params(self) -> dict:
@@ -500,24 +531,28 @@ class GalleryIndex:
         mtimes: Sequence[int],
         vectors: np.ndarray,
     ) -> None:
-        """Index new items: ids (relative paths), hex sha256, size in bytes, mtime_ns, and (n, dim) unit vectors.
+        """Index new items: ids (relative paths), hex sha256, size in bytes, mtime_ns, and (n, dim) unit vectors
+        ((n, R, dim) for a region index: unit, or all zero for an absent region, at least one present).
 
         On an untrained ivfpq index the first call trains it and must bring `train_size` vectors.
         """
         n = len(ids)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.shape != (n, self.dim):
-            raise ValueError(f"add: vectors have shape {vectors.shape}, expected ({n}, {self.dim}) for {n} ids")
+        if vectors.shape != (n, *self.vector_shape):
+            raise ValueError(f"add: vectors have shape {vectors.shape}, expected {(n, *self.vector_shape)} for {n} ids")
         if not len(sha256s) == len(sizes) == len(mtimes) == n:
             raise ValueError(
                 f"add: {n} ids but {len(sha256s)} sha256s, {len(sizes)} sizes and {len(mtimes)} mtimes"
             )
         if not np.all(np.isfinite(vectors)):
             raise ValueError("add: vectors contain NaN or inf")
-        norms = np.linalg.norm(vectors, axis=1)
-        bad = np.flatnonzero(np.abs(norms - 1) > _NORM_TOLERANCE)
+        norms = np.linalg.norm(vectors, axis=-1).reshape(n, -1)
+        wrong = (np.abs(norms - 1) > _NORM_TOLERANCE) & ((norms != 0) | (self.regions == 1))
+        bad = np.flatnonzero(wrong.any(axis=1) | ~(norms > 0).any(axis=1))
         if bad.size:
-            raise ValueError(f"add: vectors must be l2-normalised; {ids[bad[0]]!r} has norm {norms[bad[0]]:.4f}")
+            raise ValueError(f"add: vectors must be l2-normalised; {ids[bad[0]]!r} has norms {norms[bad[0]].round(4)}"
+                             + (" (a region index: unit or all-zero regions, one at least present)"
+                                if self.regions > 1 else ""))
         label_of = self._labels_by_id()
         for i in ids:
             if not isinstance(i, str) or not i or "\0" in i:
@@ -539,7 +574,7 @@ class GalleryIndex:
                     f" {self.train_size} vectors (nlist={p['nlist']}, 2**nbits={2 ** p['nbits']}; faiss advises"
                     f" ~39x nlist), got {n}: add more vectors at once, lower nlist/nbits, or use kind 'flat'"
                 )
-            self._index.train(vectors)
+            self._index.train(self._present(vectors, np.zeros(n, np.int64))[0])
         labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
         rows = _Rows(
             list(ids),
@@ -554,6 +589,15 @@ class GalleryIndex:
             if self._delta_rows() > self._base_count:
                 self._pending = None  # the next checkpoint writes a full generation; stop keeping copies
 
+    def _present(self, vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors faiss stores for items `labels`, and their faiss ids: every vector, ids = labels; for
+        a region index the present regions (not all zero), ids = label * R + region."""
+        if self.regions == 1:
+            return vectors, labels
+        ids = labels[:, None] * self.regions + np.arange(self.regions)
+        present = np.any(vectors != 0, axis=-1)
+        return np.ascontiguousarray(vectors[present]), ids[present]
+
     def _append(self, rows: _Rows, vectors: np.ndarray) -> None:
         """Add rows (labels above all present) and their vectors to faiss and the table."""
         if not len(rows):
@@ -563,7 +607,7 @@ class GalleryIndex:
             assert self._index.ntotal == rows.label[0]
             self._index.add(vectors)
         else:
-            self._index.add_with_ids(vectors, rows.label)
+            self._index.add_with_ids(*self._present(vectors, rows.label))
         self._chunks.append(rows)
         if self._label_of is not None:
             self._label_of.update(zip(rows.ids, rows.label.tolist()))
@@ -592,31 +636,44 @@ class GalleryIndex:
     def _remove_labels(self, labels: np.ndarray) -> None:
         if not labels.size:
             return
-        removed = self._index.remove_ids(labels)
+        ids = (labels[:, None] * self.regions + np.arange(self.regions)).ravel()
+        removed = self._index.remove_ids(ids)
         rows = self._table()
         keep = ~np.isin(rows.label, labels)
-        if removed != labels.size or keep.sum() != len(rows) - labels.size:
+        if not labels.size <= removed <= ids.size or (self.regions == 1 and removed != labels.size) or \
+                keep.sum() != len(rows) - labels.size:
             raise RuntimeError(f"{self.path}: removing {labels.size} labels removed {removed} vectors")
         self._rows = rows.take(keep)
 
     # --------------------------------------------------------------------------------------- search
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+    def search(self, queries: np.ndarray, k: int, region_k: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
         """Top-k gallery items by inner product for (Q, dim) queries.
+
+        A region index takes (Q, R_q, dim) queries (absent regions all zero) and ranks items by their
+        best-matched region pair (jeong2017 Eq. 7): over every stored region (exact) for a flat index
+        when `region_k` is None, else from the `region_k` best regions each query region retrieves
+        (ivfpq: `DEFAULT_REGION_K` when None), an item scoring its best retrieved pair.
 
         Returns scores (Q, min(k, len)) float32, best first, and the matching ids per query; where faiss
         finds fewer than k (approximate kinds) the ids list is shorter and the missing scores are -inf.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"search: queries have shape {queries.shape}, expected (Q, {self.dim})")
+        want = "(Q, R_q, {})" if self.regions > 1 else "(Q, {})"
+        if queries.ndim != (3 if self.regions > 1 else 2) or queries.shape[-1] != self.dim:
+            raise ValueError(f"search: queries have shape {queries.shape}, expected {want.format(self.dim)}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"search: k must be a positive int, got {k!r}")
         k = min(int(k), len(self))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
-        scores, labels = self._index.search(queries, k)
         rows = self._table()
+        if self.regions == 1:
+            scores, labels = self._index.search(queries, k)
+        elif region_k is None and self._meta["index"]["kind"] == "flat":
+            scores, labels = self._exact_region_search(queries, k, rows)
+        else:
+            scores, labels = self._approximate_region_search(queries, k, region_k or DEFAULT_REGION_K)
         found = labels >= 0
         positions = np.searchsorted(rows.label, np.where(found, labels, 0))
         scores = np.where(found, scores, -np.inf).astype(np.float32)
@@ -625,6 +682,38 @@ class GalleryIndex:
             for pos_row, found_row in zip(positions.tolist(), found.tolist())
         ]
         return scores, ids
+
+    def _exact_region_search(self, queries: np.ndarray, k: int, rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored region pair scored (`region_search.exact_search`); (scores, labels) (Q, k)."""
+        from .region_search import RegionVectors, exact_search
+
+        ids = faiss.vector_to_array(self._index.id_map)
+        stored = self._index.index.reconstruct_n(0, self._index.ntotal)
+        database = np.zeros((len(rows), self.regions, self.dim), np.float32)
+        item = np.searchsorted(rows.label, ids // self.regions)
+        database[item, ids % self.regions] = stored
+        scores, items, _ = exact_search(RegionVectors(queries, np.any(queries != 0, axis=-1)),
+                                        RegionVectors(database, np.any(database != 0, axis=-1)), k)
+        return scores, np.where(np.isfinite(scores), rows.label[items], -1)
+
+    def _approximate_region_search(self, queries: np.ndarray, k: int, region_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each present query region's `region_k` nearest stored regions; an item scores its best pair."""
+        present = np.any(queries != 0, axis=-1)
+        found_scores, found_ids = self._index.search(np.ascontiguousarray(queries[present]),
+                                                     min(region_k, self._index.ntotal))
+        owner = np.repeat(np.arange(len(queries)), present.sum(axis=1))
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        out_labels = np.full((len(queries), k), -1, np.int64)
+        for q in range(len(queries)):
+            hit = found_ids[owner == q].ravel()
+            score = found_scores[owner == q].ravel()[hit >= 0]
+            label = hit[hit >= 0] // self.regions
+            order = np.lexsort((label, -score))  # best first; among equal scores the lower label
+            label, score = label[order], score[order]
+            first = np.unique(label, return_index=True)[1]  # each item at its best pair
+            best = np.sort(first)[:k]
+            out_scores[q, :len(best)], out_labels[q, :len(best)] = score[best], label[best]
+        return out_scores, out_labels
 
     # ----------------------------------------------------------------------------------------- save
 
@@ -657,7 +746,8 @@ class GalleryIndex:
             labels = np.concatenate([p[0] for p in self._pending])
             vectors = np.concatenate([p[1] for p in self._pending])[np.isin(labels, added.label)]
         else:
-            vectors = np.zeros((0, self.dim), np.float32)
+            vectors = np.zeros((0, *self.vector_shape), np.float32)
+        vectors = vectors.reshape(len(vectors), self.regions * self.dim)  # a region index's deltas: (n, R * dim)
         assert len(vectors) == len(added), "pending vectors out of step with the id table"
         refresh = sorted(self._stat_refresh.items())
         arrays = {
@@ -712,7 +802,8 @@ class GalleryIndex:
 
 
 def search_index(
-    path: str, queries: np.ndarray, k: int, pipeline_info: dict | None = None, verify: bool = True
+    path: str, queries: np.ndarray, k: int, pipeline_info: dict | None = None, verify: bool = True,
+    region_k: int | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """Open the index in `path` (checking the pipeline when given) and search it; see `GalleryIndex.open`, `search`."""
-    return GalleryIndex.open(path, pipeline_info, verify=verify).search(queries, k)
+    return GalleryIndex.open(path, pipeline_info, verify=verify).search(queries, k, region_k)

@@ -105,18 +105,23 @@ def average_precision(ranks: np.ndarray, k: int | None = None, protocol: str = "
 
 def _check_database(database_vectors: Any) -> np.ndarray:
     db = np.asarray(database_vectors)
-    if db.ndim != 2 or db.shape[0] == 0 or db.shape[1] == 0:
-        raise ValueError(f"tmrjax.metrics: database_vectors must be a non-empty (N, D) array, got shape {db.shape}")
+    if db.ndim not in (2, 3) or 0 in db.shape:
+        raise ValueError(f"tmrjax.metrics: database_vectors must be a non-empty (N, D) array, or (N, R, D) region "
+                         f"vectors, got shape {db.shape}")
     if not np.issubdtype(db.dtype, np.floating):
         raise ValueError(f"tmrjax.metrics: database_vectors must be floating point, got dtype {db.dtype}")
     db = np.ascontiguousarray(db, dtype=np.float32)
-    norms = np.sqrt(np.einsum("nd,nd->n", db, db, dtype=np.float64))
-    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= NORM_TOLERANCE))  # NaN/inf rows land here too
+    norms = np.sqrt(np.einsum("...d,...d->...", db, db, dtype=np.float64))
+    # Region vectors: an absent region is all zero (norm 0) and is never matched.
+    wrong = ~(np.abs(norms - 1.0) <= NORM_TOLERANCE) & ~((norms == 0) & (db.ndim == 3))  # NaN/inf land here too
+    bad = np.argwhere(wrong)
     if bad.size:
-        shown = ", ".join(f"row {r}: {norms[r]:.6g}" for r in bad[:5])
+        shown = ", ".join(f"row {tuple(int(i) for i in r) if len(r) > 1 else int(r[0])}: {norms[tuple(r)]:.6g}"
+                          for r in bad[:5])
         raise ValueError(
-            f"tmrjax.metrics: database_vectors must be l2-normalised (|norm - 1| <= {NORM_TOLERANCE}); "
-            f"{bad.size} rows are not ({shown}{', ...' if bad.size > 5 else ''}). Normalise them where they "
+            f"tmrjax.metrics: database_vectors must be l2-normalised (|norm - 1| <= {NORM_TOLERANCE}"
+            f"{'; or all zero for an absent region' if db.ndim == 3 else ''}); "
+            f"{len(bad)} rows are not ({shown}{', ...' if len(bad) > 5 else ''}). Normalise them where they "
             "are produced, so that the evaluation scores exactly what the index holds."
         )
     return db
@@ -166,27 +171,59 @@ def _check_relevant(relevant: Sequence[Any], query_rows: np.ndarray, num_databas
     return sets
 
 
-def _block_rows(chunk_rows: int | None, num_queries: int, num_database: int) -> int:
+def _block_rows(chunk_rows: int | None, num_queries: int, num_database: int, region_pairs: int = 1) -> int:
     if chunk_rows is None:
-        chunk_rows = _BLOCK_SCORES // max(num_queries, _MIN_QUERY_ROWS)
+        chunk_rows = _BLOCK_SCORES // (max(num_queries, _MIN_QUERY_ROWS) * region_pairs)
     elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
         raise ValueError(f"tmrjax.metrics: chunk_rows must be a positive int, got {chunk_rows!r}")
-    chunk_rows = min(int(chunk_rows), num_database)
+    chunk_rows = max(1, min(int(chunk_rows), num_database))
     return -(-chunk_rows // 64) * 64  # a multiple of 64 so that packed masks view as uint64
 
 
 # --------------------------------------------------------------------------- scoring and counting
 
 
+def _query_block(database: np.ndarray, query_rows: np.ndarray, chunk_rows: int | None,
+                 query_vectors: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """The queries (the database's `query_rows`, or `query_vectors`) padded to at least
+    `_MIN_QUERY_ROWS` with zeros, and the database block size."""
+    vectors = database[query_rows] if query_vectors is None else query_vectors
+    queries = np.zeros((max(query_rows.size, _MIN_QUERY_ROWS), *vectors.shape[1:]), np.float32)
+    queries[: query_rows.size] = vectors
+    region_pairs = database.shape[1] * queries.shape[1] if database.ndim == 3 else 1
+    return queries, _block_rows(chunk_rows, queries.shape[0], database.shape[0], region_pairs)
+
+
+def _check_queries(query_vectors: Any, database: np.ndarray, query_rows: np.ndarray) -> np.ndarray | None:
+    """Query vectors that replace the database's query rows (an expanded query, `tmrjax.rerank`):
+    (Q, D) for a database of vectors, (Q, R_q, D) for region vectors, unit or absent like the database."""
+    if query_vectors is None:
+        return None
+    vectors = _check_database(query_vectors)
+    want = database.ndim == vectors.ndim and vectors.shape[-1] == database.shape[-1]
+    if not want or vectors.shape[0] != query_rows.size:
+        raise ValueError(f"tmrjax.metrics: query_vectors {vectors.shape} must be one per query row ({query_rows.size}) "
+                         f"of the database's kind {database.shape[1:]}")
+    return vectors
+
+
 def _score_blocks(database: np.ndarray, queries: np.ndarray, block: int,
                   rows: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(start, scores (Qp, block)) over database[rows] (all rows if None), every product the same shape.
 
-    Columns past the end are -inf. The yielded array is reused: consume it before the next step.
+    Columns past the end are -inf. For region vectors (N, R, D), an image pair scores its best pair of
+    present regions (jeong2017 Eq. 7), -inf without one. The yielded array is reused: consume it
+    before the next step.
     """
     total = database.shape[0] if rows is None else rows.size
     scores = np.empty((queries.shape[0], block), np.float32)
-    padded = np.zeros((block, database.shape[1]), np.float32)
+    padded = np.zeros((block, *database.shape[1:]), np.float32)
+    regional = database.ndim == 3
+    if regional:
+        regions, query_regions = database.shape[1], queries.shape[1]
+        flat_queries = queries.reshape(-1, queries.shape[-1])
+        absent_query = ~np.any(flat_queries != 0, axis=1)
+        pairs = np.empty((flat_queries.shape[0], block * regions), np.float32)
     for start in range(0, total, block):
         stop = min(start + block, total)
         if rows is not None:
@@ -199,7 +236,14 @@ def _score_blocks(database: np.ndarray, queries: np.ndarray, block: int,
             vectors = padded
         else:
             vectors = database[start:stop]
-        np.matmul(queries, vectors.T, out=scores)
+        if regional:
+            flat = vectors.reshape(-1, vectors.shape[-1])
+            np.matmul(flat_queries, flat.T, out=pairs)
+            pairs[absent_query] = -np.inf
+            pairs[:, ~np.any(flat != 0, axis=1)] = -np.inf
+            np.max(pairs.reshape(queries.shape[0], query_regions, block, regions), axis=(1, 3), out=scores)
+        else:
+            np.matmul(queries, vectors.T, out=scores)
         scores[:, stop - start:] = -np.inf
         yield start, scores
 
@@ -240,11 +284,9 @@ def _count_at_least(database: np.ndarray, queries: np.ndarray, block: int, thres
 
 
 def _ranks(database: np.ndarray, query_rows: np.ndarray, rel_sets: list[np.ndarray], proto: Protocol,
-           chunk_rows: int | None) -> list[np.ndarray]:
+           chunk_rows: int | None, query_vectors: np.ndarray | None = None) -> list[np.ndarray]:
     num_queries, max_rel = query_rows.size, max(r.size for r in rel_sets)
-    queries = np.zeros((max(num_queries, _MIN_QUERY_ROWS), database.shape[1]), np.float32)
-    queries[:num_queries] = database[query_rows]
-    block = _block_rows(chunk_rows, queries.shape[0], database.shape[0])
+    queries, block = _query_block(database, query_rows, chunk_rows, query_vectors)
 
     # Pairs whose scores are needed: (query, each relevant row) in slots [0, max_rel), (query, itself) in slot max_rel.
     slot_query = np.repeat(np.arange(num_queries), [r.size for r in rel_sets])
@@ -278,16 +320,15 @@ def _ranks(database: np.ndarray, query_rows: np.ndarray, rel_sets: list[np.ndarr
 
 
 def similarities(database_vectors: np.ndarray, query_rows: Sequence[int] | np.ndarray,
-                 chunk_rows: int | None = None) -> np.ndarray:
+                 chunk_rows: int | None = None, query_vectors: np.ndarray | None = None) -> np.ndarray:
     """(Q, N) float32 scores the evaluation ranks by (before the official cap at the query's own score).
 
-    Materialises Q x N floats: meant for small problems, tests and inspection.
+    Materialises Q x N floats: meant for small problems, tests and inspection (and the neighbour
+    lists of query expansion). `query_vectors` as in `evaluate`.
     """
     database = _check_database(database_vectors)
     rows = _check_rows(query_rows, "query_rows", database.shape[0])
-    queries = np.zeros((max(rows.size, _MIN_QUERY_ROWS), database.shape[1]), np.float32)
-    queries[: rows.size] = database[rows]
-    block = _block_rows(chunk_rows, queries.shape[0], database.shape[0])
+    queries, block = _query_block(database, rows, chunk_rows, _check_queries(query_vectors, database, rows))
     out = np.empty((rows.size, database.shape[0]), np.float32)
     for start, scores in _score_blocks(database, queries, block):
         stop = min(start + block, database.shape[0])
@@ -362,17 +403,23 @@ class Evaluation:
 
 def evaluate(database_vectors: np.ndarray, query_rows: Sequence[int] | np.ndarray,
              relevant: Sequence[Sequence[int] | np.ndarray], *, k: int = 100,
-             protocol: str = "metu-official", chunk_rows: int | None = None) -> Evaluation:
+             protocol: str = "metu-official", chunk_rows: int | None = None,
+             query_vectors: np.ndarray | None = None) -> Evaluation:
     """Evaluate retrieval of ``database_vectors[query_rows]`` against the whole database.
 
     database_vectors: (N, D) l2-normalised rows (cast to float32; a row whose norm is off by more
         than ``NORM_TOLERANCE`` is an error, never silently renormalised: the evaluation must score
-        what the index holds). For METU: queries + gallery, every image once.
+        what the index holds). For METU: queries + gallery, every image once. Or (N, R, D) region
+        vectors (an absent region all zero): two images score their best-matched pair of regions
+        (jeong2017 Eq. 7).
     query_rows: (Q,) the database row of each query.
     relevant: per query, the rows of its group, the query's own row included.
     k: cutoff of MAP@k (100 on METU); the full MAP is always reported too.
     protocol: "metu-official" (default) or "hu2024"; see the module docstring.
     chunk_rows: database rows scored per block (default: 2**25 scores in memory at once).
+    query_vectors: what each query searches with, if not its database row: an expanded query
+        (`tmrjax.rerank`), (Q, D), or (Q, R_q, D) against region vectors. The protocol is unchanged:
+        the query's row stays in the database, relevant to itself, scored by the query vector.
     """
     proto = get_protocol(protocol)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -380,7 +427,7 @@ def evaluate(database_vectors: np.ndarray, query_rows: Sequence[int] | np.ndarra
     database = _check_database(database_vectors)
     rows = _check_rows(query_rows, "query_rows", database.shape[0])
     rel_sets = _check_relevant(relevant, rows, database.shape[0], proto)
-    ranks = _ranks(database, rows, rel_sets, proto, chunk_rows)
+    ranks = _ranks(database, rows, rel_sets, proto, chunk_rows, _check_queries(query_vectors, database, rows))
     num_database = database.shape[0] - (0 if proto.query_in_database else 1)
     return Evaluation(
         protocol=proto.name,

@@ -1,16 +1,16 @@
-"""The embedding pipeline: backbone + method config + fitted artefacts -> one vector per image.
+"""The embedding pipeline: backbone + method config + fitted artefacts -> vectors per image.
 
 Data flows one way (DESIGN.md):
 
     uint8 square image per resolution -> backbone tap (B, h, w, C)
-      -> regional descriptors (B, R, D')           `describe`      (pooling kernels)
-      -> l2 -> PCA-whitening -> l2 (B, R, d)      `postprocess`   (whitening kernel)
-      -> regional weights (B, R)                  `region_weights` (IDF kernel, or 1)
-      -> weighted sum over regions               (tursun2021 Eq. 2-4)
-    summed over resolutions (Eq. 3), l2 -> (B, d)
+      -> regions, spatial attention, pooling -> raw regional descriptors (B, R, D')   (`stages`)
+      -> l2 -> PCA-whitening -> l2 (B, R, d) -> region weights (B, R)
+      -> one vector per image: weighted sum over regions and resolutions, l2 -> (B, d)  (tursun2021 Eq. 2-4)
+      or R vectors per image: the regions of every resolution -> (B, R, d)            (jeong2017 Eq. 7)
 
 Each resolution has its own compiled function (jax.jit caches one executable per input
-shape); the method is data (the config), never a branch on its name.
+shape); the method is data (the config: one entry of each stage registry), never a branch on
+its name.
 """
 
 from __future__ import annotations
@@ -33,12 +33,24 @@ from ml_collections import ConfigDict
 
 from ._version import __version__
 from .fileio import Record, StoredFileError, load_npz, read_json, write_atomic
-from .kernels import crow, idf, pooling, regions, whitening
+from .kernels import pooling
 from .models import architecture, build_backbone
+from .stages import (
+    POOLINGS,
+    REGION_WEIGHTS,
+    REGIONS,
+    SPATIAL_ATTENTIONS,
+    aggregate,
+    describe,
+    first_order_regions,
+    postprocess,
+    region_vectors,
+)
 from .weights import load_backbone, random_variables
 
-PIPELINE_FORMAT = "tmrjax-pipeline/1"
-COMBINED_FORMAT = "tmrjax-combined-pipeline/1"
+# /2: configs name every stage (embed.regions, spatial_attention, region_weights, output)
+PIPELINE_FORMAT = "tmrjax-pipeline/2"
+COMBINED_FORMAT = "tmrjax-combined-pipeline/2"
 RANDOM_WEIGHTS_SEED = 0
 RANDOM_WEIGHTS = "random"  # asked for explicitly: a config's backbone.weights or --weights random
 NO_WEIGHTS = "none"  # an architecture without variables (the ink thumbnail)
@@ -144,46 +156,13 @@ def is_combined(config: ConfigDict) -> bool:
 def needs_fit(config: ConfigDict) -> bool:
     if is_combined(config):
         return any(needs_fit(part) for part in config.parts.values())
-    return config.embed.pca_whitening_dim > 0 or config.embed.attention != "none"
+    e = config.embed
+    local = getattr(POOLINGS.get(e.pooling), "local_projection", False)
+    return e.pca_whitening_dim > 0 or e.region_weights != "uniform" or local
 
 
-# ----------------------------------------------------------------------------------------
-# Regional pooling: one entry per pooling name; global (one region) and regional forms.
+OUTPUTS = ("image", "regions")  # embed.output: one vector per image, or R vectors per image (`Output`)
 
-
-@dataclasses.dataclass(frozen=True)
-class Pooling:
-    global_fn: Callable[[jax.Array, ConfigDict], jax.Array]  # (B,h,w,C) -> (B,D')
-    regional_fn: Callable[[jax.Array, np.ndarray, ConfigDict], jax.Array] | None  # -> (B,R,D')
-
-
-POOLINGS: dict[str, Pooling] = {
-    "mac": Pooling(lambda x, e: pooling.mac(x), lambda x, b, e: pooling.regional_mac(x, b)),
-    "spoc": Pooling(
-        lambda x, e: pooling.spoc(x, center_prior=e.center_prior),
-        lambda x, b, e: pooling.regional_spoc(x, b),
-    ),
-    "gem": Pooling(
-        lambda x, e: pooling.gem(x, p=e.gem_p), lambda x, b, e: pooling.regional_gem(x, b, p=e.gem_p)
-    ),
-    "smac": Pooling(lambda x, e: pooling.smac(x), lambda x, b, e: pooling.regional_smac(x, b)),
-    "crow": Pooling(lambda x, e: crow.crow(x), None),
-    # The tap is a global vector already (a 1 x 1 map), e.g. the hu2024 encoder's "feature".
-    "identity": Pooling(lambda x, e: _single_position(x), None),
-    # Every cell of the map, in order: the pixel baseline (the ink thumbnail).
-    "flatten": Pooling(lambda x, e: x.reshape(x.shape[0], -1), None),
-}
-
-
-def _single_position(features: jax.Array) -> jax.Array:
-    """(B, 1, 1, D) -> (B, D); any other map is an error (it would need a real pooling)."""
-    if features.shape[1:3] != (1, 1):
-        raise PipelineError(
-            f"pooling 'identity' takes a global vector (a 1 x 1 tap such as hu2024's 'feature'), "
-            f"got a {features.shape[1]} x {features.shape[2]} map; pool it with mac, spoc, gem, smac or crow"
-        )
-    return features[:, 0, 0, :]
-ATTENTIONS = ("none", "idf")
 
 # Bounds of the numeric fields of a retrieval config: far beyond any real use, tight enough that a
 # damaged or hostile pipeline.json cannot ask for petabytes (a batch of 1e12 images) or a year of k-means.
@@ -194,6 +173,13 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "embed.pca_whitening_dim": (0, 1 << 16),
     "embed.whitening_power": (0, 1),
     "embed.codebook_size": (1, 1 << 20),
+    "embed.candidate_points": (1, 1 << 14),
+    "embed.candidate_clusters": (1, 6),  # 2^L regions per image and resolution
+    "embed.local_dim": (1, 1024),
+    "search.query_expansion": (0, 1000),
+    "search.qe_alpha": (0, 100),
+    "search.database_augmentation": (0, 1000),
+    "search.dba_alpha": (0, 100),
     "fit.num_images": (1, 10**8),
     "fit.max_descriptors": (1, 10**8),
     "fit.kmeans_iterations": (1, 10**4),
@@ -240,8 +226,11 @@ def validate_config(config: ConfigDict) -> None:
                                 f"{sorted(config.part_weights)} must name the same, non-empty set")
         if any(not w > 0 for w in config.part_weights.values()):
             raise PipelineError(f"{config.name}: part_weights {config.part_weights.to_dict()} must be > 0")
-        for part in config.parts.values():
+        for name, part in config.parts.items():
             validate_config(part)
+            if part.embed.output != "image":
+                raise PipelineError(f"{config.name}: part {name!r} gives {part.embed.output!r}; a combined "
+                                    "pipeline concatenates one vector per image of each part")
         return
     _check_types(config, retrieval_config())
     for field, (low, high) in CONFIG_BOUNDS.items():
@@ -250,19 +239,27 @@ def validate_config(config: ConfigDict) -> None:
         if not low <= value <= high:
             raise PipelineError(f"{config.name}: {field}={value!r} is outside [{low}, {high}]")
     e = config.embed
-    if e.pooling not in POOLINGS:
-        raise PipelineError(f"{config.name}: embed.pooling={e.pooling!r}; expected one of {sorted(POOLINGS)}")
-    if e.region_levels < 0:
-        raise PipelineError(f"{config.name}: embed.region_levels={e.region_levels} must be >= 0")
-    if e.region_levels > 0 and POOLINGS[e.pooling].regional_fn is None:
-        raise PipelineError(f"{config.name}: pooling {e.pooling!r} is global only; set embed.region_levels=0")
-    if e.center_prior and (e.pooling != "spoc" or e.region_levels > 0):
+    for field, registry in (("regions", REGIONS), ("spatial_attention", SPATIAL_ATTENTIONS), ("pooling", POOLINGS),
+                            ("region_weights", REGION_WEIGHTS), ("output", OUTPUTS)):
+        if e[field] not in registry:
+            raise PipelineError(f"{config.name}: embed.{field}={e[field]!r}; expected one of {sorted(registry)}")
+    spec = POOLINGS[e.pooling]
+    if (e.regions == "rmac") != (e.region_levels > 0):
+        raise PipelineError(f"{config.name}: embed.region_levels={e.region_levels} is the R-MAC grid's: "
+                            f">= 1 with regions='rmac', 0 otherwise (regions={e.regions!r})")
+    if not spec.regional(e.regions):
+        raise PipelineError(f"{config.name}: pooling {e.pooling!r} does not pool regions={e.regions!r}; "
+                            + ("set embed.regions='global'" if spec.whole else "it pools region masks"))
+    if e.spatial_attention != "none" and e.pooling in ("identity", "flatten"):
+        raise PipelineError(f"{config.name}: pooling {e.pooling!r} takes no spatial attention")
+    if e.center_prior and (e.pooling != "spoc" or e.regions != "global"):
         raise PipelineError(f"{config.name}: embed.center_prior applies to global SPoC only")
-    if e.attention not in ATTENTIONS:
-        raise PipelineError(f"{config.name}: embed.attention={e.attention!r}; expected one of {ATTENTIONS}")
-    if e.attention == "idf" and e.pca_whitening_dim <= 0:
+    if e.region_weights == "idf" and e.pca_whitening_dim <= 0:
         raise PipelineError(
-            f"{config.name}: URA (attention='idf') works on PCA-whitened regions; set pca_whitening_dim")
+            f"{config.name}: URA (region_weights='idf') works on PCA-whitened regions; set pca_whitening_dim")
+    if e.output == "regions" and e.region_weights != "uniform":
+        raise PipelineError(f"{config.name}: region matching (output='regions') compares regions one by one; "
+                            f"region_weights={e.region_weights!r} would weight a sum that is not made")
     if not 0 < len(e.resolutions) <= MAX_RESOLUTIONS or any(
             isinstance(r, bool) or not isinstance(r, int) or not 32 <= r <= MAX_RESOLUTION for r in e.resolutions):
         raise PipelineError(f"{config.name}: embed.resolutions={tuple(e.resolutions)}; expected 1 to "
@@ -271,34 +268,21 @@ def validate_config(config: ConfigDict) -> None:
         raise PipelineError(f"{config.name}: flatten pooling gives resolution-sized vectors; use one resolution")
 
 
-def region_boxes(h: int, w: int, embed: ConfigDict) -> np.ndarray:
-    """The regions pooled on an h x w map: the whole map, or the R-MAC grid."""
-    if embed.region_levels == 0:
-        return np.array([[0, 0, h, w]], dtype=np.int32)
-    return regions.rmac_regions(h, w, levels=embed.region_levels, include_full_map=embed.include_full_map)
-
-
-def describe(features: jax.Array, embed: ConfigDict) -> jax.Array:
-    """Regional descriptors of a feature map: (B, h, w, C) -> (B, R, D') float32."""
-    spec = POOLINGS[embed.pooling]
-    if embed.region_levels == 0:
-        return spec.global_fn(features, embed)[:, None, :].astype(jnp.float32)
-    boxes = region_boxes(features.shape[1], features.shape[2], embed)
-    return spec.regional_fn(features, boxes, embed).astype(jnp.float32)
-
-
 # ----------------------------------------------------------------------------------------
 # Learned artefacts
 
 
 # The arrays of artefacts.npz: name -> (dtype kinds, ndim); each present only when the config fits it.
-ARTEFACT_ARRAYS = {"pca_mean": ("f", 1), "pca_projection": ("f", 2), "centroids": ("f", 2), "idf": ("f", 1)}
+ARTEFACT_ARRAYS = {"local_projection": ("f", 2), "pca_mean": ("f", 1), "pca_projection": ("f", 2),
+                   "centroids": ("f", 2), "idf": ("f", 1)}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Artefacts:
-    """What `tmrjax fit` learns: PCA-whitening and the URA codebook with its IDF table."""
+    """What `tmrjax fit` learns: the PCA bases of local descriptors (jeong2017 Eq. 4), PCA-whitening
+    and the URA codebook with its IDF table."""
 
+    local_projection: np.ndarray | None = None  # (C, K')
     pca_mean: np.ndarray | None = None  # (D',)
     pca_projection: np.ndarray | None = None  # (D', d)
     centroids: np.ndarray | None = None  # (K, d)
@@ -323,27 +307,6 @@ class Artefacts:
     def load(cls, path: Path) -> Artefacts:
         """artefacts.npz as written by `save`; damaged or foreign arrays are a StoredFileError."""
         return cls(**load_npz(path, ARTEFACT_ARRAYS, optional=set(ARTEFACT_ARRAYS)))
-
-
-def postprocess(descriptors: jax.Array, arts: Mapping[str, jax.Array]) -> jax.Array:
-    """Per region: l2 -> PCA-whitening -> l2 when fitted, else l2 (tursun2021 '^')."""
-    x = pooling.l2_normalize(descriptors)
-    if "pca_projection" in arts:
-        x = pooling.l2_normalize(whitening.apply_pca_whitening(x, arts["pca_mean"], arts["pca_projection"]))
-    return x
-
-
-def region_weights(post: jax.Array, arts: Mapping[str, jax.Array]) -> jax.Array:
-    """URA weight of every region (IDF of its visual word, Eq. 4), or 1 without attention."""
-    if "idf" in arts:
-        return idf.idf_weights(post, arts["centroids"], arts["idf"])
-    return jnp.ones(post.shape[:-1], post.dtype)
-
-
-def aggregate_resolution(features: jax.Array, embed: ConfigDict, arts: Mapping[str, jax.Array]) -> jax.Array:
-    """One resolution's feature map -> unnormalised sum of its weighted regions, (B, d) (Eq. 2, 4)."""
-    post = postprocess(describe(features, embed), arts)
-    return jnp.einsum("brd,br->bd", post, region_weights(post, arts))
 
 
 def read_pipeline_json(path: Path, expected_format: str | None = None) -> Record:
@@ -379,10 +342,11 @@ def config_from_record(record: Record) -> ConfigDict:
 
 
 class Output(enum.Enum):
-    """What a pipeline gives per image: one vector, or several (one per region, for region matching)."""
+    """What a pipeline gives per image (``embed.output``): one vector, or several (one per region, for
+    region matching)."""
 
-    IMAGE = "one vector per image"  # (B, d)
-    REGIONS = "R vectors per image"  # (B, R, d) with a (B, R) valid mask
+    IMAGE = "image"  # (B, d) unit vectors
+    REGIONS = "regions"  # (B, R, d): unit vectors, or all zero for a region that is not there
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -400,7 +364,6 @@ class Pipeline:
     backbone: dict  # identity of the weights: arch, layout, source file/sha256 or random seed
     artefacts: Artefacts = dataclasses.field(default_factory=Artefacts)
     path: Path | None = None  # the fitted pipeline directory, if any
-    output = Output.IMAGE
 
     def __post_init__(self) -> None:
         validate_config(self.config)
@@ -418,12 +381,17 @@ class Pipeline:
     @functools.cached_property
     def _describe_features(self) -> Callable:
         embed = self.config.embed
-        return jax.jit(lambda f: describe(f, embed))
+        return jax.jit(lambda a, f: describe(f, embed, a))
+
+    @functools.cached_property
+    def _first_order_regions(self) -> Callable:
+        embed = self.config.embed
+        return jax.jit(lambda f: first_order_regions(f, embed))
 
     @functools.cached_property
     def _aggregate(self) -> Callable:
         embed = self.config.embed
-        return jax.jit(lambda a, f: aggregate_resolution(f, embed, a))
+        return jax.jit(lambda a, f: (region_vectors if self.output is Output.REGIONS else aggregate)(f, embed, a))
 
     @functools.cached_property
     def _postprocess(self) -> Callable:
@@ -564,24 +532,51 @@ class Pipeline:
     def raw_dim(self) -> int:
         """D': the length of one regional descriptor (the tap's channels for MAC, twice that for
         SMAC, the whole map for flatten); traced at the first resolution once, then cached."""
-        size, tap, embed = self.resolutions[0], self.config.backbone.tap, self.config.embed
-        descriptors = jax.eval_shape(
-            lambda x: describe(self.module.apply(self.variables, x)[tap], embed),
-            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-        )
-        return descriptors.shape[-1]
+        return self._descriptor_shapes[0][-1]
+
+    @functools.cached_property
+    def _descriptor_shapes(self) -> list[tuple[int, ...]]:
+        """(1, R, D') of the raw regional descriptors at each resolution, traced (not computed) with
+        stand-in artefacts of the fitted shapes."""
+        tap, embed = self.config.backbone.tap, self.config.embed
+
+        def raw(x):
+            features = self.module.apply(self.variables, x)[tap]
+            arts = {"local_projection": jnp.zeros((features.shape[-1], embed.local_dim))}
+            return describe(features, embed, arts)[0]
+
+        return [jax.eval_shape(raw, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).shape
+                for size in self.resolutions]
 
     @property
     def dim(self) -> int:
         return self.config.embed.pca_whitening_dim or self.raw_dim
 
+    @property
+    def output(self) -> Output:
+        return Output(self.config.embed.output)
+
+    @property
+    def vector_shape(self) -> tuple[int, ...]:
+        """What one image embeds to: (d,) for `Output.IMAGE`, (R, d) for `Output.REGIONS`."""
+        return (self.regions_per_image, self.dim) if self.output is Output.REGIONS else (self.dim,)
+
+    @property
+    def regions_per_image(self) -> int:
+        """R of `Output.REGIONS`: the regions of every resolution (1 for `Output.IMAGE`)."""
+        return sum(shape[1] for shape in self._descriptor_shapes) if self.output is Output.REGIONS else 1
+
     def describe_text(self) -> str:
         e = self.config.embed
+        regions = {"global": "global", "rmac": f"R-MAC L={e.region_levels}",
+                   "candidates": f"{2 ** e.candidate_clusters} candidate regions"}[e.regions]
+        attention = f" x {e.spatial_attention}" if e.spatial_attention != "none" else ""
+        output = f", {self.regions_per_image} region vectors per image" if self.output is Output.REGIONS else ""
         return (
             f"{self.name} ({self.config.paper_row}): {self.backbone['arch']} {self.config.backbone.tap} "
             f"[{self.backbone['layout']}; weights: {self.backbone['weights']}], "
-            f"resolutions {self.resolutions}, {'global' if e.region_levels == 0 else f'R-MAC L={e.region_levels}'} "
-            f"{e.pooling}, PCA-w {e.pca_whitening_dim or 'none'}, attention {e.attention}, dim {self.dim}"
+            f"resolutions {self.resolutions}, {regions} {e.pooling}{attention}, PCA-w {e.pca_whitening_dim or 'none'}, "
+            f"region weights {e.region_weights}, dim {self.dim}{output}"
         )
 
     def info(self) -> dict:
@@ -608,13 +603,20 @@ class Pipeline:
     def check_artefacts(self) -> None:
         """Refuse to embed without the artefacts the config needs, or with wrong shapes."""
         e, arts = self.config.embed, self.artefacts
+        if POOLINGS[e.pooling].local_projection:
+            if arts.local_projection is None:
+                raise PipelineError(f"{self.name}: needs the PCA bases of local descriptors; run `tmrjax fit` first")
+            channels = self._first_order_shape[-1]
+            if arts.local_projection.shape != (channels, e.local_dim):
+                raise PipelineError(f"{self.name}: local projection is {arts.local_projection.shape}, "
+                                    f"expected {(channels, e.local_dim)}")
         if e.pca_whitening_dim > 0:
             if arts.pca_projection is None:
                 raise PipelineError(f"{self.name}: needs PCA-whitening; run `tmrjax fit` first")
             want = (self.raw_dim, e.pca_whitening_dim)
             if arts.pca_projection.shape != want:
                 raise PipelineError(f"{self.name}: PCA projection is {arts.pca_projection.shape}, expected {want}")
-        if e.attention == "idf":
+        if e.region_weights == "idf":
             if arts.centroids is None or arts.idf is None:
                 raise PipelineError(f"{self.name}: needs a URA codebook and IDF; run `tmrjax fit` first")
             want = (e.codebook_size, self.dim)
@@ -625,13 +627,27 @@ class Pipeline:
 
     # -- compute --------------------------------------------------------------------------
 
-    def describe_batch(self, images: np.ndarray) -> jax.Array:
-        """Raw regional descriptors (B, R, D') of one resolution's uint8 batch."""
-        return self.describe_features(self.features_batch(images))
+    def describe_features(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Raw regional descriptors (B, R, D') of one resolution's feature map (B, h, w, C), and their
+        valid flags (B, R)."""
+        return self._describe_features(self.device_artefacts, features)
 
-    def describe_features(self, features: jax.Array) -> jax.Array:
-        """Raw regional descriptors (B, R, D') of one resolution's feature map (B, h, w, C)."""
-        return self._describe_features(features)
+    def first_order_features(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """First-order descriptors (B, R, C) of this pipeline's regions (jeong2017 Eq. 3) and their valid
+        flags: what the PCA bases of local descriptors are fitted on (Eq. 4)."""
+        return self._first_order_regions(features)
+
+    @property
+    def first_order_features_dim(self) -> int:
+        """C: the length of a first-order descriptor (the tap's channels)."""
+        return self._first_order_shape[-1]
+
+    @functools.cached_property
+    def _first_order_shape(self) -> tuple[int, ...]:
+        tap, embed = self.config.backbone.tap, self.config.embed
+        traced = jax.eval_shape(lambda x: first_order_regions(self.module.apply(self.variables, x)[tap], embed)[0],
+                                jax.ShapeDtypeStruct((1, self.resolutions[0], self.resolutions[0], 3), jnp.float32))
+        return traced.shape
 
     def postprocess_batch(self, descriptors: jax.Array) -> jax.Array:
         return self._postprocess(descriptors, self.device_artefacts)
@@ -646,20 +662,23 @@ class Pipeline:
         return self._features(self.variables, jnp.asarray(images))
 
     def embed_fn(self, artefacts: Mapping[str, jax.Array], features_per_resolution: Sequence[jax.Array]) -> jax.Array:
-        """The pipeline's function: feature maps (one per resolution) -> (B, d), l2-normalised
-        sum over resolutions of the weighted regions (tursun2021 Eq. 2-4)."""
+        """The pipeline's function: feature maps (one per resolution) -> `Output.IMAGE`: (B, d), the
+        l2-normalised sum over resolutions of the weighted regions (tursun2021 Eq. 2-4); or
+        `Output.REGIONS`: (B, R, d), the regions of every resolution, invalid ones all zero."""
         if len(features_per_resolution) != len(self.resolutions):
             raise PipelineError(
                 f"{self.name}: got {len(features_per_resolution)} resolutions, expected {self.resolutions}"
             )
-        total = None
-        for features in features_per_resolution:
-            part = self._aggregate(artefacts, features)
-            total = part if total is None else total + part
+        parts = [self._aggregate(artefacts, features) for features in features_per_resolution]
+        if self.output is Output.REGIONS:
+            return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
         return pooling.l2_normalize(total)
 
     def embed_features(self, features_per_resolution: Sequence[jax.Array]) -> np.ndarray:
-        """`embed_fn` with this pipeline's artefacts, as float32 host vectors (B, d)."""
+        """`embed_fn` with this pipeline's artefacts, as float32 host vectors ((B, d) or (B, R, d))."""
         self.check_artefacts()
         return np.asarray(self.embed_fn(self.device_artefacts, features_per_resolution), dtype=np.float32)
 
@@ -738,6 +757,13 @@ class CombinedPipeline:
     @property
     def dim(self) -> int:
         return sum(part.dim for part in self.parts.values())
+
+    output = Output.IMAGE  # the parts' vectors side by side: one per image
+    regions_per_image = 1
+
+    @property
+    def vector_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
 
     @property
     def backbone(self) -> dict:

@@ -78,15 +78,18 @@ def _thumb(image: np.ndarray, border: tuple[int, int, int], width: int) -> Image
 
 def contact_sheet(
     benchmark, vectors: np.ndarray, evaluation: Evaluation, queries: list[int], relevant: list[set[int]],
-    top: int = TOP,
+    top: int = TOP, query_vectors: np.ndarray | None = None,
 ) -> tuple[Image.Image, list[dict]]:
     """Rows: query then its top-`top` results (query excluded); relevant ones framed green.
 
     Under each thumbnail: rank and cosine similarity (the query: its AP@k in `evaluation`),
-    then the end of the image id. Returns the sheet and, per query, its results with full ids.
+    then the end of the image id. `query_vectors`: what each of `evaluation.query_rows` searched
+    with, if not its database row (query expansion). Returns the sheet and, per query, its results
+    with full ids.
     """
-    scores = similarities(vectors, np.asarray(queries))
     position = {int(r): i for i, r in enumerate(evaluation.query_rows)}
+    searched = None if query_vectors is None else query_vectors[[position[int(q)] for q in queries]]
+    scores = similarities(vectors, np.asarray(queries), query_vectors=searched)
     ap = f"ap_at_{evaluation.k}"
     width, height = tile_origin(len(queries), top + 1)
     sheet = Image.new("RGB", (width, height), "white")
@@ -234,12 +237,15 @@ def write_report(
     evaluations: Mapping[str, Evaluation],
     rows: Sequence[Row],
     num_queries: int | None = None,
+    query_vectors: Mapping[str, np.ndarray | None] | None = None,
 ) -> Path:
     """index.html, the contact-sheet PNGs and top10.json under `out_dir`; returns the HTML path.
 
     `rows`: the results table (`run_eval`'s), in its order: the page begins with it and gives
     each pipeline a section naming its backbone weights. `vectors` and `evaluations` are keyed by
     `Row.method`. `num_queries`: how many groups get a sample query (default: every group).
+    `query_vectors`: per method, what its queries searched with when not their database rows
+    (`metrics.evaluate`'s `query_vectors`).
     """
     if not rows:
         raise ValueError("write_report: no pipelines (rows is empty)")
@@ -264,7 +270,8 @@ def write_report(
         evaluation = evaluations[row.method]
         listing[row.method], sheets = [], []
         for n, part in enumerate(parts, start=1):
-            sheet, listed = contact_sheet(benchmark, vectors[row.method], evaluation, queries[part], relevant[part])
+            sheet, listed = contact_sheet(benchmark, vectors[row.method], evaluation, queries[part], relevant[part],
+                                          query_vectors=(query_vectors or {}).get(row.method))
             png = out / (f"{stem}.png" if len(parts) == 1 else f"{stem}-{n}.png")
             sheet.save(png)
             listing[row.method] += listed

@@ -120,7 +120,7 @@ def embed_all(
 ) -> tuple[list[str], list[np.ndarray]]:
     """`embed_source` collected: (ids of the readable images, [(N, d) vectors per pipeline])."""
     ids: list[str] = []
-    parts: list[list[np.ndarray]] = [[np.zeros((0, p.dim), np.float32)] for p in pipelines]
+    parts: list[list[np.ndarray]] = [[np.zeros((0, *p.vector_shape), np.float32)] for p in pipelines]
     for batch_ids, vectors in embed_source(source, pipelines, failures, rows, progress=progress):
         ids += batch_ids
         for out, v in zip(parts, vectors):
@@ -129,13 +129,14 @@ def embed_all(
 
 
 def embed(images: Sequence[Any], pipeline: Pipeline | CombinedPipeline, batch_size: int | None = None) -> np.ndarray:
-    """Embed images (uint8 arrays, PIL images or paths) -> (N, d) float32, l2-normalised.
+    """Embed images (uint8 arrays, PIL images or paths) -> (N, d) float32, l2-normalised ((N, R, d)
+    region vectors for a region-matching pipeline, `Pipeline.vector_shape`).
 
     Images are padded to a white square and resized to each of the pipeline's resolutions
     (no centre crop, tursun2019 Sec. 4.4). A bad input raises ImageError naming it.
     """
     failures = FailureLog()
-    vectors = [np.zeros((0, pipeline.dim), np.float32)]
+    vectors = [np.zeros((0, *pipeline.vector_shape), np.float32)]
     for _, (v,) in embed_source(ArraySource(images), [pipeline], failures, batch_size=batch_size, progress=False):
         if len(failures):
             break
