@@ -9,8 +9,9 @@ median of --repeats timed calls, the measurements interleaved.
     python benchmarks/embed_throughput.py                                  # CPU defaults
     JAX_PLATFORMS=cuda python benchmarks/embed_throughput.py --batch-sizes 1,64 --dtype bfloat16
 
-Backbones have random weights and fitted pipelines random stand-in artefacts of the right
-shapes: the work, hence the time, is the same as with real ones.
+Configs without default weights run on random ones (shipped backbones on their real weights), and
+fitted pipelines get random stand-in artefacts of the right shapes: the work, hence the time, is
+the same as with real ones.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ def _calls(pipe, images: list, features: list) -> dict:
 
 
 def bench_pipeline(name: str, batch_sizes: list[int], dtype, args, load: harness.LoadMonitor) -> list[dict]:
-    from tmrjax.pipeline import Pipeline
+    from tmrjax.pipeline import RANDOM_WEIGHTS, Pipeline, load_config
 
-    pipe = Pipeline.create(name, dtype=dtype)
+    # A config without default weights (ImageNet ResNet50/VGG: a user-side conversion) runs on random ones.
+    weights = None if load_config(name).backbone.weights else RANDOM_WEIGHTS
+    pipe = Pipeline.create(name, weights=weights, dtype=dtype)
     pipe, arts = harness.stand_in_artefacts(pipe)
     stand_in = arts is not None
     results = []

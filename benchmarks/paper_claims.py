@@ -1,4 +1,4 @@
-"""Do the papers' claims hold on real features? tursun2021 Table 2 and tursun2019 Table 5, re-run.
+"""Do the papers' claims hold on real features? tursun2021 Table 2, tursun2019 Table 5 and jeong2017, re-run.
 
     python benchmarks/paper_claims.py                          # the _lite0 variants (shipped EfficientNet-Lite0)
     python benchmarks/paper_claims.py --backbone hed           # the VGG16 rows on HED's VGG16
@@ -21,7 +21,19 @@ from tmrjax.evaluation import run_eval
 from tmrjax.metrics import paired_bootstrap
 from tmrjax.pipeline import load_config
 
-# (claim, paper, better row, worse row); rows without the backbone suffix.
+# (claim, paper, better row, worse row); rows without the backbone suffix. jeong2017's, and the
+# search-time post-processing (tmrjax/rerank.py), are tested on both backbones.
+JEONG2017 = [
+    ("second-order region matching beats R-MAC", "jeong2017 Table 1", "jeong2017", "rmac"),
+    ("second-order region matching beats MR-R-SMAC w/URA", "jeong2017 vs tursun2021", "jeong2017", "mr_rsmac_ura"),
+    ("regional QE helps", "jeong2017 Table 1", "jeong2017_qe", "jeong2017"),
+    ("region matching beats the whole image (O2_R > O2_W)", "jeong2017 Fig. 1", "jeong2017", "jeong2017_whole"),
+    ("second order beats first order (O2_R > O1_R)", "jeong2017 Fig. 1", "jeong2017", "jeong2017_first_order"),
+    ("alpha-QE helps R-MAC", "Radenovic et al. 2018", "rmac_aqe", "rmac"),
+    ("DBA helps R-MAC", "Radenovic et al. 2018", "rmac_dba", "rmac"),
+    ("region DBA helps jeong2017", "Radenovic et al. 2018, per region", "jeong2017_dba", "jeong2017"),
+]
+
 CLAIMS = {
     "lite0": [
         ("R-SMAC beats R-MAC", "tursun2021 Table 2", "rsmac", "rmac"),
@@ -34,6 +46,7 @@ CLAIMS = {
         ("MAC beats SPoC (PCA-w)", "tursun2019 Table 5", "mac", "spoc_pcaw"),
         ("the centre prior hurts SPoC", "tursun2019 Table 5", "spoc_pcaw", "spoc"),
         ("PCA-w hurts MAC", "tursun2019 Sec. 4.4", "mac", "mac_pcaw"),
+        *JEONG2017,
     ],
     "hed": [
         ("R-MAC beats MAC", "tursun2019 Table 5", "rmac", "mac"),
@@ -41,7 +54,15 @@ CLAIMS = {
         ("the centre prior hurts SPoC", "tursun2019 Table 5", "spoc_pcaw", "spoc"),
         ("CRoW beats SPoC (PCA-w)", "tursun2019 Table 5", "crow", "spoc_pcaw"),
         ("PCA-w hurts MAC", "tursun2019 Sec. 4.4", "mac", "mac_pcaw"),
+        *JEONG2017,
     ],
+}
+
+# Rows that are a config with one search-time field set (tmrjax/rerank.py): row -> (config, field, value).
+SEARCH_VARIANTS = {
+    "rmac_aqe": ("rmac", "query_expansion", 10),  # alpha-QE over the 10 top images, alpha 3
+    "rmac_dba": ("rmac", "database_augmentation", 3),  # alpha-DBA with the 3 nearest images, alpha 3
+    "jeong2017_dba": ("jeong2017", "database_augmentation", 3),  # each region with its best matches in 3 images
 }
 
 
@@ -51,6 +72,23 @@ def mac_pcaw(backbone: str):
     config.name, config.paper_row = f"mac_pcaw_{backbone}", "MAC PCA-w (tursun2019 Sec. 4.4)"
     config.embed.pca_whitening_dim = 256
     return config
+
+
+def search_variant(row: str, backbone: str):
+    """A SEARCH_VARIANTS row: its config on `backbone` with one `search` field set."""
+    base, field, value = SEARCH_VARIANTS[row]
+    config = load_config(f"{base}_{backbone}")
+    config.name, config.paper_row = f"{row}_{backbone}", f"{config.paper_row} + search.{field}={value}"
+    config.search[field] = value
+    return config
+
+
+def row_config(row: str, backbone: str):
+    if row == "mac_pcaw":
+        return mac_pcaw(backbone)
+    if row in SEARCH_VARIANTS:
+        return search_variant(row, backbone)
+    return f"{row}_{backbone}"
 
 
 def main(argv=None) -> None:
@@ -64,7 +102,7 @@ def main(argv=None) -> None:
 
     claims = CLAIMS[args.backbone]
     rows = sorted({r for _, _, a, b in claims for r in (a, b)})
-    names = ["thumbnail"] + [mac_pcaw(args.backbone) if r == "mac_pcaw" else f"{r}_{args.backbone}" for r in rows]
+    names = ["thumbnail"] + [row_config(r, args.backbone) for r in rows]
     out = args.out / args.backbone
     table, _ = run_eval(args.dataset, names, out, max_distractors=args.max_distractors,
                         fit_images=args.fit_images, log=lambda *a: print(*a, file=sys.stderr))
