@@ -222,7 +222,14 @@ def test_mac_embedding_is_the_l2_normalised_global_max(fast_random_init, tiny_co
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [n for n in available_configs() if "parts" not in load_config(n)])
+# jeong2017 variants that differ from a tested one only in PCA-w dimension, search-time fields or the
+# shipped backbone of another tested variant take the same code path (~20 s each on two cores).
+SAME_PATH = {"jeong2017_128", "jeong2017_512", "jeong2017_qe", "jeong2017_qe_lite0", "jeong2017_qe_hed",
+             "jeong2017_first_order_lite0", "jeong2017_first_order_hed", "jeong2017_whole_lite0", "jeong2017_whole_hed"}
+
+
+@pytest.mark.parametrize("name", [n for n in available_configs()
+                                  if "parts" not in load_config(n) and n not in SAME_PATH])
 def test_every_pipeline_config_fits_and_embeds(name, tiny_config, marks_dir, mark_factory, tmp_path):
     from tmrjax.fit import fit_pipeline
     from tmrjax.pipeline import needs_fit
