@@ -489,3 +489,10 @@ def test_region_index_refuses_bad_vectors_and_hnsw(tmp_path):
         add_rows(gallery, np.ones((1, 4), np.float32), 0)
     with pytest.raises(ValueError, match="region index needs faiss ids"):
         GalleryIndex.create(str(tmp_path / "h"), 4, {"kind": "hnsw"}, {"vectors_hash": "r"}, regions=2)
+
+
+def test_region_index_answers_no_queries_with_no_rankings(tmp_path):
+    gallery = GalleryIndex.create(str(tmp_path / "idx"), 4, {"kind": "flat"}, {"vectors_hash": "r"}, regions=2)
+    add_rows(gallery, region_vectors(5, 6, 2, 4), 0)
+    scores, ids = gallery.search(np.zeros((0, 2, 4), np.float32), 3)
+    assert scores.shape == (0, 3) and ids == []

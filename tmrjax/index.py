@@ -665,8 +665,8 @@ class GalleryIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"search: k must be a positive int, got {k!r}")
         k = min(int(k), len(self))
-        if k == 0:
-            return np.zeros((len(queries), 0), np.float32), [[] for _ in range(len(queries))]
+        if k == 0 or not len(queries):
+            return np.zeros((len(queries), k), np.float32), [[] for _ in range(len(queries))]
         rows = self._table()
         if self.regions == 1:
             scores, labels = self._index.search(queries, k)
