@@ -310,3 +310,17 @@ def test_an_index_made_with_a_config_file_can_be_searched(run, tmp_path):
     assert code == 0, stderr
     [(_, ranking)] = top_results(stdout)
     assert ranking[0][1] == good[0]
+
+
+def test_version_and_help_name_the_workflow_and_the_pipelines(capsys):
+    from tmrjax._version import __version__
+    from tmrjax.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"tmrjax {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "tmrjax fit GALLERY" in out and "tmrjax index FOLDER" in out and "tmrjax search INDEX" in out
+    assert "jeong2017_lite0" in out and "rmac_lite0_hed" in out

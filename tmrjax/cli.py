@@ -237,11 +237,26 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import textwrap
+
+    from ._version import __version__
     from .convert import SOURCES
     from .index_kinds import INDEX_KINDS
     from .models import ARCHITECTURES
+    from .pipeline import available_configs
 
-    parser = argparse.ArgumentParser(prog="tmrjax", description=__doc__)
+    workflow = textwrap.dedent("""\
+        workflow:
+          tmrjax fit GALLERY --pipeline NAME --out PIPELINE      learn PCA-w / codebooks on your marks
+          tmrjax index FOLDER --pipeline PIPELINE --out INDEX    embed a folder (re-runs add new files)
+          tmrjax search INDEX QUERY.png ... -k 10                rank the indexed marks
+          tmrjax eval --dataset logo_groups/small --pipelines NAME,...   the papers' table on a benchmark
+        """)
+    pipelines = textwrap.fill(", ".join(available_configs()), width=96, initial_indent="  ", subsequent_indent="  ")
+    parser = argparse.ArgumentParser(prog="tmrjax", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"{workflow}\npipelines (--pipeline / --pipelines):\n{pipelines}")
+    parser.add_argument("--version", action="version", version=f"tmrjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a pretrained checkpoint (torchvision, Keras, EfficientNet-Lite, HED)")
