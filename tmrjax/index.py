@@ -698,22 +698,15 @@ class GalleryIndex:
 
     def _approximate_region_search(self, queries: np.ndarray, k: int, region_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each present query region's `region_k` nearest stored regions; an item scores its best pair."""
+        from .region_search import best_images
+
         present = np.any(queries != 0, axis=-1)
         found_scores, found_ids = self._index.search(np.ascontiguousarray(queries[present]),
                                                      min(region_k, self._index.ntotal))
-        owner = np.repeat(np.arange(len(queries)), present.sum(axis=1))
-        out_scores = np.full((len(queries), k), -np.inf, np.float32)
-        out_labels = np.full((len(queries), k), -1, np.int64)
-        for q in range(len(queries)):
-            hit = found_ids[owner == q].ravel()
-            score = found_scores[owner == q].ravel()[hit >= 0]
-            label = hit[hit >= 0] // self.regions
-            order = np.lexsort((label, -score))  # best first; among equal scores the lower label
-            label, score = label[order], score[order]
-            first = np.unique(label, return_index=True)[1]  # each item at its best pair
-            best = np.sort(first)[:k]
-            out_scores[q, :len(best)], out_labels[q, :len(best)] = score[best], label[best]
-        return out_scores, out_labels
+        hit = found_ids >= 0
+        owner = np.broadcast_to(np.nonzero(present)[0][:, None], found_ids.shape)[hit]
+        scores, labels, _ = best_images(owner, found_ids[hit], found_scores[hit], len(queries), self.regions, k)
+        return scores, labels
 
     # ----------------------------------------------------------------------------------------- save
 

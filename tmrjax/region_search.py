@@ -169,8 +169,18 @@ def approximate_search(
     found_scores, rows = index.search(np.ascontiguousarray(queries.vectors[queries.valid]), per_region_k)
     hit = rows >= 0
     query = np.broadcast_to(owner[:, None], rows.shape)[hit]
-    label = labels[rows[hit]]
-    image, region, score = label // m, (label % m).astype(np.int32), found_scores[hit]
+    return best_images(query, labels[rows[hit]], found_scores[hit], len(queries.vectors), m, k)
+
+
+def best_images(query: np.ndarray, label: np.ndarray, score: np.ndarray, num_queries: int, regions: int,
+                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Retrieved region pairs -> each query's top k images by its best pair (Eq. 7 over what was retrieved).
+
+    query, label, score: one entry per retrieved pair, label = image * `regions` + region of the
+    retrieved region. -> (scores (num_queries, k) float32, images int64, best_region int32), best
+    first, ties by the lower image; slots beyond the images found are score -inf, image -1, region -1.
+    """
+    image, region = label // regions, (label % regions).astype(np.int32)
     # best pair per (query, image): the first of each group sorted by query, image, score down
     order = np.lexsort((region, -score, image, query))
     query, image, region, score = query[order], image[order], region[order], score[order]
@@ -182,9 +192,9 @@ def approximate_search(
     query, image, region, score = query[order], image[order], region[order], score[order]
     rank = np.arange(len(query)) - np.searchsorted(query, query, side="left")
     keep = rank < k
-    out_scores = np.full((len(queries.vectors), k), -np.inf, np.float32)
-    out_images = np.full((len(queries.vectors), k), -1, np.int64)
-    out_regions = np.full((len(queries.vectors), k), -1, np.int32)
+    out_scores = np.full((num_queries, k), -np.inf, np.float32)
+    out_images = np.full((num_queries, k), -1, np.int64)
+    out_regions = np.full((num_queries, k), -1, np.int32)
     out_scores[query[keep], rank[keep]] = score[keep]
     out_images[query[keep], rank[keep]] = image[keep]
     out_regions[query[keep], rank[keep]] = region[keep]

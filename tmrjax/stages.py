@@ -219,21 +219,15 @@ REGION_WEIGHTS: dict[str, Callable[[jax.Array, Arrays], jax.Array]] = {
 }
 
 
-def weighted_regions(features: jax.Array, embed: ConfigDict, arts: Arrays) -> tuple[jax.Array, jax.Array]:
-    """One resolution's feature map -> its post-processed regions (B, R, d) and their weights (B, R),
-    0 for invalid regions."""
+def aggregate(features: jax.Array, embed: ConfigDict, arts: Arrays) -> jax.Array:
+    """One resolution -> the unnormalised weighted sum of its regions, (B, d) (tursun2021 Eq. 2, 4);
+    invalid regions weigh 0."""
     raw, valid = describe(features, embed, arts)
     post = postprocess(raw, arts)
-    return post, REGION_WEIGHTS[embed.region_weights](post, arts) * valid
-
-
-def aggregate(features: jax.Array, embed: ConfigDict, arts: Arrays) -> jax.Array:
-    """One resolution -> the unnormalised weighted sum of its regions, (B, d) (tursun2021 Eq. 2, 4)."""
-    post, weights = weighted_regions(features, embed, arts)
-    return jnp.einsum("brd,br->bd", post, weights)
+    return jnp.einsum("brd,br->bd", post, REGION_WEIGHTS[embed.region_weights](post, arts) * valid)
 
 
 def region_vectors(features: jax.Array, embed: ConfigDict, arts: Arrays) -> jax.Array:
     """One resolution -> its post-processed regions for region matching, (B, R, d), invalid ones all zero."""
-    post, weights = weighted_regions(features, embed, arts)
-    return post * (weights > 0)[..., None]
+    raw, valid = describe(features, embed, arts)
+    return postprocess(raw, arts) * valid[..., None]
