@@ -34,14 +34,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 faiss.omp_set_num_threads(1)
 
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="tmrjax-test-xla-cache-")
+# The commands' user cache (compiled functions, vectors; `tmrjax.vector_cache`) in a per-session
+# temporary directory, never the user's own.
+os.environ["TMRJAX_CACHE"] = tempfile.mkdtemp(prefix="tmrjax-test-cache-")
+_COMPILATION_CACHE = os.path.join(os.environ["TMRJAX_CACHE"], "jax")
 jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+    shutil.rmtree(os.environ["TMRJAX_CACHE"], ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -294,3 +297,36 @@ def fake_benchmark(monkeypatch, bench):
 
     monkeypatch.setattr(tmrjax.evaluation, "open_benchmark", lambda *a, **k: bench)
     return bench
+
+
+# ----------------------------------------------------------------------------------------
+# Tiny config files for `tmrjax eval`
+
+TINY_EVAL_CONFIGS = {
+    "tiny_mac": "c = mac.get_config(); c.name = 'tiny_mac'",
+    "tiny_rmac": "c = rmac.get_config(); c.name = 'tiny_rmac'; c.backbone.tap = 'conv2'",
+    "tiny_mr_rsmac_ura": (
+        "c = mr_rsmac_ura.get_config(); c.name = 'tiny_mr_rsmac_ura'; c.backbone.tap = 'conv2'; "
+        "c.embed.resolutions = (64, 96)"
+    ),
+}
+
+
+@pytest.fixture
+def configs_dir(tmp_path):
+    """A folder of tiny eval configs (.py files, random weights, batches of 4): TINY_EVAL_CONFIGS."""
+    for name, body in TINY_EVAL_CONFIGS.items():
+        (tmp_path / f"{name}.py").write_text(
+            "from tmrjax.configs import mac, rmac, mr_rsmac_ura\n\n\n"
+            "def get_config():\n"
+            f"    {body}\n"
+            "    c.backbone.weights = 'random'\n"
+            "    if c.backbone.arch == 'vgg16':\n"
+            "        c.embed.resolutions = (64,)\n"
+            "    if c.embed.pca_whitening_dim:\n"
+            "        c.embed.pca_whitening_dim = 8\n"
+            "    c.embed.codebook_size = 8\n"
+            "    c.batch_size = 4\n"
+            "    return c\n"
+        )
+    return tmp_path

@@ -14,33 +14,8 @@ from tmrjax.pipeline import Pipeline
 
 pytestmark = pytest.mark.usefixtures("fast_random_init")
 
-TINY_CONFIGS = {
-    "tiny_mac": "c = mac.get_config(); c.name = 'tiny_mac'",
-    "tiny_rmac": "c = rmac.get_config(); c.name = 'tiny_rmac'; c.backbone.tap = 'conv2'",
-    "tiny_mr_rsmac_ura": (
-        "c = mr_rsmac_ura.get_config(); c.name = 'tiny_mr_rsmac_ura'; c.backbone.tap = 'conv2'; "
-        "c.embed.resolutions = (64, 96)"
-    ),
-}
-
-
-@pytest.fixture
-def configs_dir(tmp_path):
-    for name, body in TINY_CONFIGS.items():
-        (tmp_path / f"{name}.py").write_text(
-            "from tmrjax.configs import mac, rmac, mr_rsmac_ura\n\n\n"
-            "def get_config():\n"
-            f"    {body}\n"
-            "    c.backbone.weights = 'random'\n"
-            "    if c.backbone.arch == 'vgg16':\n"
-            "        c.embed.resolutions = (64,)\n"
-            "    if c.embed.pca_whitening_dim:\n"
-            "        c.embed.pca_whitening_dim = 8\n"
-            "    c.embed.codebook_size = 8\n"
-            "    c.batch_size = 4\n"
-            "    return c\n"
-        )
-    return tmp_path
+# the configs `configs_dir` (conftest) writes, in table order
+TINY_CONFIGS = ("tiny_mac", "tiny_rmac", "tiny_mr_rsmac_ura")
 
 
 def test_benchmark_rows_groups_and_relevance(bench):

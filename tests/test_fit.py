@@ -106,9 +106,9 @@ def test_fitting_together_shares_backbone_passes_and_equals_fitting_alone(tiny_c
     for a, b in zip(alone, together):
         for name, array in a.artefacts.arrays().items():
             np.testing.assert_allclose(getattr(b.artefacts, name), array, atol=1e-6, err_msg=f"{a.name} {name}")
-    # 7 files in batches of 4: conv2 group 2 batches for PCA-w + 2 for URA; conv3 2 for PCA-w.
-    # (Fitting alone: 2 + 2 + 4 + 2 = 10 passes.)
-    assert len(passes) == 6 and [name for name, _ in passes].count("rmac_conv3") == 2
+    # 7 files in batches of 4: conv2 group 2 batches for PCA-w, its URA pass served by the feature
+    # memo; conv3 2 for PCA-w. (Fitting alone: 2 + 2 + 2 + 2 = 8 passes.)
+    assert len(passes) == 4 and [name for name, _ in passes].count("rmac_conv3") == 2
     assert [f[0] for f in failures.failures] == ["broken.png"]  # read by both groups, reported once
     info = json.loads((tmp_path / "together1" / "pipeline.json").read_text())
     assert info["data"]["fitted_with"] == ["rmac", "rsmac", "mr_rsmac_ura", "rmac_conv3"]  # one read of the sample

@@ -15,14 +15,8 @@ from tmrjax.kernels.regions import rmac_regions
 import tmrjax
 import tmrjax.pipeline
 from tmrjax.fileio import StoredFileError
-from tmrjax.pipeline import (
-    Pipeline,
-    PipelineError,
-    available_configs,
-    config_hash,
-    load_config,
-    validate_config,
-)
+from tmrjax.method_configs import PipelineError, available_configs, load_config
+from tmrjax.pipeline import Pipeline, config_hash, validate_config
 
 pytestmark = pytest.mark.usefixtures("fast_random_init")
 

@@ -17,7 +17,7 @@ import pytest
 
 from tmrjax.cli import build_parser
 from tmrjax.convert import SHIPPED
-from tmrjax.pipeline import available_configs
+from tmrjax.method_configs import available_configs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

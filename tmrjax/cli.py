@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -63,13 +65,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_index(args: argparse.Namespace) -> int:
     from .gallery import index_folder
     from .pipeline import Pipeline
+    from .vector_cache import VectorCache
 
     pipeline = Pipeline.load(args.pipeline, weights=args.weights)
     print(f"pipeline   {pipeline.describe_text()}")
     _warn_random(pipeline)
     report = index_folder(
         args.images, pipeline, args.out, kind=args.kind, rebuild=args.rebuild,
-        checkpoint_every=args.checkpoint_every, verify=not args.no_verify,
+        checkpoint_every=args.checkpoint_every, verify=not args.no_verify, cache=VectorCache.user(),
     )
     if args.failures_json:
         report.failures.write_json(args.failures_json)
@@ -82,10 +85,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     from .data.images import FailureLog
     from .gallery import search_images
+    from .vector_cache import VectorCache
 
     failures = FailureLog()
     pipeline, results = search_images(args.index, args.queries, k=args.k, verify=not args.no_verify,
-                                      failures=failures, region_k=args.region_k)
+                                      failures=failures, region_k=args.region_k, cache=VectorCache.user())
     reasons = dict(failures.failures)
     if args.json:
         print(json.dumps(
@@ -117,11 +121,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import format_table, run_eval
+    from .vector_cache import VectorCache
 
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     rows, report = run_eval(
         args.dataset, names, args.out, weights=args.weights, max_distractors=args.max_distractors,
-        fit_images=args.fit_images, protocol=args.protocol, data_dir=args.data_dir,
+        fit_images=args.fit_images, protocol=args.protocol, data_dir=args.data_dir, cache=VectorCache.user(),
     )
     print()
     print(format_table(rows, args.dataset))
@@ -236,14 +241,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class LazyChoices:
+    """argparse choices read from a module only when an option is given or its help is shown, so the
+    parser (and `tmrjax --help`) does not import the converters or the models (jax, flax)."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+
+def _converter_sources() -> list[str]:
+    from .convert import SOURCES
+
+    return sorted(SOURCES)
+
+
+def _architectures() -> tuple[str, ...]:
+    from .models import ARCHITECTURES
+
+    return ARCHITECTURES
+
+
 def build_parser() -> argparse.ArgumentParser:
     import textwrap
 
     from ._version import __version__
-    from .convert import SOURCES
     from .index_kinds import INDEX_KINDS
-    from .models import ARCHITECTURES
-    from .pipeline import available_configs
+    from .method_configs import available_configs
 
     workflow = textwrap.dedent("""\
         workflow:
@@ -260,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a pretrained checkpoint (torchvision, Keras, EfficientNet-Lite, HED)")
-    p.add_argument("--source", choices=sorted(SOURCES))
-    p.add_argument("--arch", choices=ARCHITECTURES)
+    # a metavar, or argparse lists the choices (importing them) as it adds the option
+    p.add_argument("--source", choices=LazyChoices(_converter_sources), metavar="SOURCE", help="one of %(choices)s")
+    p.add_argument("--arch", choices=LazyChoices(_architectures), metavar="ARCH", help="one of %(choices)s")
     p.add_argument("--input", help="the checkpoint file (.pth/.safetensors, Keras .h5 / .weights.h5)")
     p.add_argument("--download", action="store_true", help="fetch the publisher's file (needs internet)")
     p.add_argument("--from-package", action="store_true",
@@ -341,15 +375,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def persist_compilations() -> None:
+    """Keep compiled functions in the user cache (`vector_cache.user_cache_dir` / jax), so a second
+    `tmrjax search` on the same index loads its executables instead of compiling them again; a
+    cache directory the caller has set stays."""
+    import jax
+
+    from .vector_cache import user_cache_dir
+
+    root = user_cache_dir()
+    if root is not None and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(root / "jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args = build_parser().parse_args(argv)  # --help and --version end here, before jax is imported
+    args.argv = argv
+
     from .data.images import ImageError
     from .fileio import FolderLockedError
-    from .pipeline import PipelineError
+    from .method_configs import PipelineError
     from .weights import WeightsError
 
-    argv = list(argv) if argv is not None else sys.argv[1:]
-    args = build_parser().parse_args(argv)
-    args.argv = argv
+    persist_compilations()
     try:
         return args.func(args)
     except (WeightsError, PipelineError, ImageError, FileNotFoundError, NotADirectoryError, PermissionError,

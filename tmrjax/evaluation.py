@@ -33,7 +33,8 @@ from .pipeline import (
     needs_fit,
 )
 from .rerank import augment_database, expand_queries
-from .runner import embed_all
+from .runner import FeatureMemo, embed_all
+from .vector_cache import VectorCache
 
 
 def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:
@@ -57,16 +58,18 @@ def export_benchmark(benchmark: Benchmark, out_dir: str | os.PathLike) -> Path:
 # Embedding several pipelines with shared backbone passes
 
 
-def embed_benchmark(benchmark: Benchmark, pipelines: Sequence[Pipeline], progress: bool = True) -> list[np.ndarray]:
+def embed_benchmark(benchmark: Benchmark, pipelines: Sequence[Pipeline], progress: bool = True,
+                    cache: VectorCache | None = None, memo: FeatureMemo | None = None) -> list[np.ndarray]:
     """(N, d) vectors of every database image for each pipeline, in database order.
 
     One loop over the database (`runner.embed_source`): pipelines with the same backbone
     weights and tap share one forward pass per resolution (e.g. R-MAC, R-SMAC and MR-R-SMAC on
     ResNet50 conv4), so adding a method to the table costs its pooling, not another backbone
     pass. A benchmark image that cannot be read is an error: the protocol needs every one.
+    `cache`: vectors computed before (`vector_cache`), by pixels; `memo`: feature maps of this job.
     """
     failures = FailureLog()
-    _, vectors = embed_all(benchmark.database, pipelines, failures, progress=progress)
+    _, vectors = embed_all(benchmark.database, pipelines, failures, progress=progress, cache=cache, memo=memo)
     if len(failures):
         path, reason = failures.failures[0]
         raise ImageError(path, f"{reason} ({len(failures)} unreadable images in benchmark {benchmark.name}; "
@@ -159,24 +162,27 @@ def fit_and_embed(
     fit_images: int | None = None,
     progress: bool = True,
     log=print,
+    cache: VectorCache | None = None,
 ) -> tuple[list[Pipeline], list[np.ndarray]]:
     """The pipelines with a fit folder fitted there on the benchmark's gallery (never its queries),
     then every database vector of each: (pipelines as fitted, [(N, d) vectors]). `tmrjax eval` and
-    the trainer's evaluation both score through this."""
+    the trainer's evaluation both score through this. The fitting passes and the embedding share
+    one `FeatureMemo`: a gallery image goes through each backbone once per resolution."""
     from .fit import fit_pipelines
 
+    memo = FeatureMemo()
     to_fit = [(p, d) for p, d in zip(pipelines, fit_dirs) if d is not None]
     pipelines = list(pipelines)
     if to_fit:
         started = time.time()
         fitted = fit_pipelines([p for p, _ in to_fit], benchmark.gallery(), [d for _, d in to_fit],
-                               num_images=fit_images, progress=progress)
+                               num_images=fit_images, progress=progress, memo=memo)
         by_id = {id(p): f for (p, _), f in zip(to_fit, fitted)}
         pipelines = [by_id.get(id(p), p) for p in pipelines]
         fitted_on = min(fit_images or max(p.config.fit.num_images for p, _ in to_fit), benchmark.num_distractors)
         log(f"fitted     {', '.join(p.name for p, _ in to_fit)} on the gallery in {time.time() - started:.0f} s "
             f"({fitted_on} marks)")
-    return pipelines, embed_benchmark(benchmark, pipelines, progress=progress)
+    return pipelines, embed_benchmark(benchmark, pipelines, progress=progress, cache=cache, memo=memo)
 
 
 def _safe_name(name: str) -> str:
@@ -196,6 +202,7 @@ def run_eval(
     report_queries: int | None = None,
     progress: bool = True,
     log=print,
+    cache: VectorCache | None = None,
 ) -> tuple[list[Row], Path]:
     """Fit what each pipeline needs on the gallery, embed the database, score, report.
 
@@ -204,7 +211,8 @@ def run_eval(
     uses the one of its backbone's architecture, else random initialisation if ``"random"`` is
     among them, else its config's default (a shipped backbone; `backbone_weights`). Vectors and
     fitted artefacts are cached under `out_dir/cache/` per (dataset subset, pipeline config
-    hash, weights), so a second run only evaluates.
+    hash, weights), so a second run only evaluates; `cache` (`vector_cache`) shares vectors with
+    other commands, by pixels.
     """
     out = Path(out_dir)
     benchmark = open_benchmark(dataset, max_distractors=max_distractors, data_dir=data_dir)
@@ -243,22 +251,22 @@ def run_eval(
     vectors: dict[str, np.ndarray] = {}
     todo: list[Pipeline] = []
     fit_dirs: list[Path | None] = []
-    for config, cache, backbone in zip(configs, caches, chosen):
-        if (cache / "vectors.npy").is_file():
-            vectors[config.name] = np.load(cache / "vectors.npy")
-            log(f"cached     {config.name}: {cache}")
+    for config, folder, backbone in zip(configs, caches, chosen):
+        if (folder / "vectors.npy").is_file():
+            vectors[config.name] = np.load(folder / "vectors.npy")
+            log(f"cached     {config.name}: {folder}")
             continue
-        if needs_fit(config) and (cache / "pipeline" / "pipeline.json").is_file():
-            todo.append(Pipeline.load(cache / "pipeline", weights=backbone))
+        if needs_fit(config) and (folder / "pipeline" / "pipeline.json").is_file():
+            todo.append(Pipeline.load(folder / "pipeline", weights=backbone))
             fit_dirs.append(None)
         else:
             todo.append(Pipeline.create(config, weights=backbone))
-            fit_dirs.append(cache / "pipeline" if needs_fit(config) else None)
+            fit_dirs.append(folder / "pipeline" if needs_fit(config) else None)
     if todo:
-        for pipeline, v in zip(*fit_and_embed(benchmark, todo, fit_dirs, fit_images, progress, log)):
-            cache = caches[labels.index(pipeline.name)]
-            cache.mkdir(parents=True, exist_ok=True)
-            np.save(cache / "vectors.npy", v)
+        for pipeline, v in zip(*fit_and_embed(benchmark, todo, fit_dirs, fit_images, progress, log, cache)):
+            folder = caches[labels.index(pipeline.name)]
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / "vectors.npy", v)
             vectors[pipeline.name] = v
 
     rows: list[Row] = []

@@ -33,7 +33,7 @@ from .data.sources import ImageSource, open_source
 from .kernels import idf as idf_kernels
 from .kernels import whitening
 from .pipeline import Artefacts, CombinedPipeline, Pipeline, PipelineError, needs_fit
-from .runner import run_pipelines
+from .runner import FeatureMemo, run_pipelines
 from .stages import POOLINGS
 
 
@@ -83,12 +83,14 @@ def _postprocessed_regions(pipeline: Pipeline, maps: list[jax.Array]) -> np.ndar
 
 
 def _sample_regions(pipelines: Sequence[Pipeline], fn, dims: Sequence[int], rngs, images: ImageSource,
-                    rows: list[int], failures: FailureLog, desc: str, progress: bool) -> tuple[list[np.ndarray], int]:
+                    rows: list[int], failures: FailureLog, desc: str, progress: bool,
+                    memo: FeatureMemo) -> tuple[list[np.ndarray], int]:
     """A uniform sample (at most fit.max_descriptors) of the l2-normalised valid regional descriptors
     `fn(pipeline, maps)` gives for each pipeline over `rows`, and the number of images read."""
     reservoirs = [_Reservoir(p.config.fit.max_descriptors, dim, rng) for p, dim, rng in zip(pipelines, dims, rngs)]
     images_used = 0
-    for batch, per_pipeline in run_pipelines(images, pipelines, fn, failures, rows, desc=desc, progress=progress):
+    for batch, per_pipeline in run_pipelines(images, pipelines, fn, failures, rows, desc=desc, progress=progress,
+                                             memo=memo):
         images_used += len(batch.ids)
         for reservoir, per_resolution in zip(reservoirs, per_pipeline):
             for descriptors, valid in per_resolution:
@@ -122,13 +124,16 @@ def fit_pipelines(
     num_images: int | None = None,
     failures: FailureLog | None = None,
     progress: bool = True,
+    memo: FeatureMemo | None = None,
 ) -> list[Pipeline | CombinedPipeline]:
     """`fit_pipeline` for several pipelines, sharing backbone passes where they can.
 
     Pipelines with the same image sample (fit `num_images` and `seed`) read each image once,
     and those that share a backbone (weights and tap) share its passes (`runner.run_pipelines`),
     as `tmrjax eval` embeds them: fitting R-MAC, R-SMAC and MR-R-SMAC+URA costs about one
-    ResNet50 pass per resolution and pass, not one per pipeline. Each result equals fitting it alone.
+    ResNet50 pass per resolution, not one per pipeline, and the passes over the sample (local PCA,
+    PCA-w, URA) share a `FeatureMemo` (`memo`, else one of this fit's): an image goes through the
+    backbone once per resolution while the memo has room. Each result equals fitting it alone.
     """
     if len(pipelines) != len(out_dirs):
         raise ValueError(f"{len(pipelines)} pipelines but {len(out_dirs)} output directories")
@@ -144,7 +149,8 @@ def fit_pipelines(
             if needs_fit(part.config):
                 single.append(part)
                 single_dirs.append(Path(out_dir) if name is None else Path(out_dir) / "parts" / name)
-    fitted = iter(_fit_single(single, images, single_dirs, num_images, failures, progress))
+    memo = memo if memo is not None else FeatureMemo()
+    fitted = iter(_fit_single(single, images, single_dirs, num_images, failures, progress, memo))
     out = []
     for pipeline, out_dir in zip(pipelines, out_dirs):
         if isinstance(pipeline, CombinedPipeline):
@@ -163,6 +169,7 @@ def _fit_single(
     num_images: int | None,
     failures: FailureLog | None,
     progress: bool,
+    memo: FeatureMemo,
 ) -> list[Pipeline]:
     """`fit_pipelines` for pipelines of one backbone each; returns them fitted, in order."""
     images = open_source(images)
@@ -179,7 +186,7 @@ def _fit_single(
     for members in groups.values():
         skipped = FailureLog()
         results = _fit_group([pipelines[i] for i in members], images, samples[members[0]],
-                             [out_dirs[i] for i in members], skipped, progress)
+                             [out_dirs[i] for i in members], skipped, progress, memo)
         fitted.update(zip(members, results))
         known = set(failures.failures)
         for path, reason in skipped.failures:  # each unreadable file reported once
@@ -190,7 +197,7 @@ def _fit_single(
 
 def _fit_group(
     pipelines: Sequence[Pipeline], images: ImageSource, rows: list[int], out_dirs: Sequence[str | os.PathLike],
-    failures: FailureLog, progress: bool,
+    failures: FailureLog, progress: bool, memo: FeatureMemo,
 ) -> list[Pipeline]:
     """Fit pipelines that share an image sample (see `fit_pipelines`); returns them fitted and saved."""
     import faiss
@@ -219,7 +226,7 @@ def _fit_group(
         first, images_used = _sample_regions(
             members, _first_order_descriptors, [p.first_order_features_dim for p in members],
             [rngs[i] for i in local], images, rows, failures, f"fit local PCA {'+'.join(p.name for p in members)}",
-            progress)
+            progress, memo)
         for i, sample in zip(local, first):
             dim, local_counts[i] = pipelines[i].config.embed.local_dim, len(sample)
             if len(sample) < dim + 1:
@@ -236,7 +243,8 @@ def _fit_group(
         members = [pipelines[i] for i in whiten]
         log = FailureLog() if local else failures  # pass 0 has reported the unreadable images
         raw, used = _sample_regions(members, _regional_descriptors, [p.raw_dim for p in members],
-                                    [rngs[i] for i in whiten], images, rows, log, f"fit PCA-w {names}", progress)
+                                    [rngs[i] for i in whiten], images, rows, log, f"fit PCA-w {names}", progress,
+                                    memo)
         images_used = max(images_used, used)
         samples = dict(zip(whiten, raw))
     for i, sample in samples.items():
@@ -260,7 +268,7 @@ def _fit_group(
         members = [pipelines[i] for i in ura]
         for batch, per_pipeline in run_pipelines(images, members, _postprocessed_regions, FailureLog(), rows,
                                                  desc="fit URA " + "+".join(p.name for p in members),
-                                                 progress=progress):
+                                                 progress=progress, memo=memo):
             for i, post in zip(ura, per_pipeline):
                 per_image[i].extend(post[batch.valid].astype(np.float32))
         for i in ura:

@@ -18,6 +18,7 @@ from .index import GalleryIndex
 from .index_kinds import INDEX_KINDS
 from .pipeline import Pipeline, PipelineError, config_from_record, weights_of
 from .runner import embed_stream
+from .vector_cache import VectorCache
 
 
 def index_params(config: ConfigDict, kind: str | None = None) -> dict[str, Any]:
@@ -60,11 +61,13 @@ def index_folder(
     checkpoint_every: int = 2000,
     progress: bool = True,
     verify: bool = True,
+    cache: VectorCache | None = None,
 ) -> IndexReport:
     """Embed every image under `images_dir` that the index at `out_dir` lacks, and add it.
 
     Re-running on a grown folder embeds only new (and content-changed) files; an interrupted
     run keeps what was checkpointed (every `checkpoint_every` images) and resumes from there.
+    `cache` (`vector_cache`): images embedded before by any command are not embedded again.
     """
     root = Path(images_dir)
     final = Path(out_dir)
@@ -76,12 +79,12 @@ def index_folder(
             + (f"; {final} left as it was" if final.exists() else ""))
     with WriterLock(final):
         return _index_locked(root, paths, failures, pipeline, final, kind, rebuild, checkpoint_every, progress,
-                             verify)
+                             verify, cache)
 
 
 def _index_locked(
     root: Path, paths: list[str], failures: FailureLog, pipeline: Pipeline, final: Path, kind: str | None,
-    rebuild: bool, checkpoint_every: int, progress: bool, verify: bool,
+    rebuild: bool, checkpoint_every: int, progress: bool, verify: bool, cache: VectorCache | None,
 ) -> IndexReport:
     """`index_folder` while holding the writer lock of `final`."""
     # A rebuild goes to a sibling directory and replaces the old index only when complete.
@@ -102,7 +105,8 @@ def _index_locked(
     todo = sorted(to_add + changed)
     pending: list[tuple[list[str], np.ndarray]] = []  # held back until an IVF-PQ index can train
     since_checkpoint = 0
-    for ids, vectors in embed_stream(PathSource(todo, root), pipeline, failures=failures, progress=progress):
+    for ids, vectors in embed_stream(PathSource(todo, root), pipeline, failures=failures, progress=progress,
+                                     cache=cache):
         ids, vectors = _drop_empty(ids, vectors, failures)
         pending.append((ids, vectors))
         if index.train_size and sum(len(i) for i, _ in pending) < index.train_size:
@@ -159,18 +163,20 @@ def _add_pending(index: GalleryIndex, root: Path, pending: list[tuple[list[str],
 
 def search_images(
     index_dir: str | os.PathLike, queries: list[str | os.PathLike], k: int = 100, verify: bool = True,
-    failures: FailureLog | None = None, region_k: int | None = None,
+    failures: FailureLog | None = None, region_k: int | None = None, cache: VectorCache | None = None,
 ) -> tuple[Pipeline, list[list[tuple[str, float]] | None]]:
     """Rank the indexed marks for each query image: [[(id, similarity), ...], ...].
 
     A query that cannot be read is recorded in `failures` (when given; else it raises) and its
-    ranking is None; the other queries are answered. `region_k`: see `GalleryIndex.search`.
+    ranking is None; the other queries are answered. `region_k`: see `GalleryIndex.search`; `cache`:
+    see `index_folder` (a query already indexed is not embedded again).
     """
     index = GalleryIndex.open(str(index_dir), verify=verify)
     pipeline = pipeline_of_index(index)
     names = [os.fspath(q) for q in queries]
     skipped = FailureLog()
-    vectors_of = {i: v for ids, vectors in embed_stream(PathSource(names), pipeline, failures=skipped, progress=False)
+    vectors_of = {i: v for ids, vectors in embed_stream(PathSource(names), pipeline, failures=skipped, progress=False,
+                                                           cache=cache)
                   for i, v in zip(ids, vectors)}
     if len(skipped) and failures is None:
         raise ImageError(*skipped.failures[0])

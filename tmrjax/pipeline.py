@@ -34,6 +34,7 @@ from ml_collections import ConfigDict
 from ._version import __version__
 from .fileio import Record, StoredFileError, load_npz, read_json, write_atomic
 from .kernels import pooling
+from .method_configs import PipelineError, load_config
 from .models import architecture, build_backbone
 from .stages import (
     POOLINGS,
@@ -56,45 +57,8 @@ RANDOM_WEIGHTS = "random"  # asked for explicitly: a config's backbone.weights o
 NO_WEIGHTS = "none"  # an architecture without variables (the ink thumbnail)
 
 
-class PipelineError(ValueError):
-    """A pipeline that cannot be built or does not match its artefacts."""
-
-
 # ----------------------------------------------------------------------------------------
 # Configs
-
-
-def load_config(name_or_path: str) -> ConfigDict:
-    """A method config by name (``mr_rsmac_ura``) or by path to a ``get_config()`` file."""
-    import importlib
-    import importlib.util
-
-    path = Path(name_or_path)
-    if path.suffix == ".py" and path.is_file():
-        spec = importlib.util.spec_from_file_location(f"tmrjax_user_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    else:
-        try:
-            module = importlib.import_module(f"tmrjax.configs.{name_or_path}")
-        except ModuleNotFoundError:
-            raise PipelineError(
-                f"unknown pipeline {name_or_path!r}: not a config in tmrjax/configs "
-                f"({', '.join(available_configs())}), a .py config file, or a fitted pipeline directory"
-            ) from None
-    if not hasattr(module, "get_config"):
-        raise PipelineError(f"{name_or_path}: config module has no get_config()")
-    return module.get_config()
-
-
-def available_configs() -> list[str]:
-    """Names of the retrieval (embedding) configs in tmrjax/configs; training recipes excluded."""
-    from . import configs
-
-    folder = Path(configs.__file__).parent
-    # common.py and shipped.py hold helpers of the configs, not configs
-    names = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "common", "shipped"))
-    return [n for n in names if "embed" in (config := load_config(n)) or "parts" in config]
 
 
 def config_hash(config: ConfigDict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -295,12 +296,22 @@ def _unreadable(e: OSError) -> str:
 class Batch:
     """A fixed-shape batch: row i < len(ids) is image `ids[i]`; the rest are white padding with valid False.
 
-    images[k] is uint8 (batch_size, sizes[k], sizes[k], 3); valid is bool (batch_size,).
+    images[k] is uint8 (batch_size, sizes[k], sizes[k], 3); valid is bool (batch_size,); keys[i] is
+    `pixels_key` of image i as decoded (what its vectors are a function of, with the pipeline).
     """
 
     ids: list[str]
+    keys: list[str]
     images: tuple[np.ndarray, ...]
     valid: np.ndarray
+
+
+def pixels_key(img: np.ndarray) -> str:
+    """sha256 (hex) of a decoded uint8 image's shape and pixels: equal keys, equal input to every pipeline,
+    whatever file format, metadata or path the pixels came from."""
+    h = hashlib.sha256(f"{img.dtype.name}:{img.shape};".encode())
+    h.update(np.ascontiguousarray(img).data)
+    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -352,22 +363,23 @@ def as_rgb(x: np.ndarray | Image.Image | str | os.PathLike, index: int) -> np.nd
     raise ImageError(name, f"expected a numpy array, PIL image or file path, got {type(x).__name__}")
 
 
-def assemble_batches(items: Iterable[tuple[str, tuple[np.ndarray, ...]]], sizes, batch_size) -> Iterator[Batch]:
-    """Pack (id, per-size arrays) into Batches of exactly batch_size rows, padding the last with white."""
+def assemble_batches(items: Iterable[tuple[str, str, tuple[np.ndarray, ...]]], sizes, batch_size) -> Iterator[Batch]:
+    """Pack (id, pixels key, per-size arrays) into Batches of exactly batch_size rows, padding the last with white."""
 
     def empty():
-        return [], tuple(np.full((batch_size, s, s, 3), 255, np.uint8) for s in sizes)
+        return [], [], tuple(np.full((batch_size, s, s, 3), 255, np.uint8) for s in sizes)
 
-    ids, arrays = empty()
-    for id_, prepared in items:
+    ids, keys, arrays = empty()
+    for id_, key, prepared in items:
         for array, image in zip(arrays, prepared):
             array[len(ids)] = image
         ids.append(id_)
+        keys.append(key)
         if len(ids) == batch_size:
-            yield Batch(ids, arrays, np.ones(batch_size, bool))
-            ids, arrays = empty()
+            yield Batch(ids, keys, arrays, np.ones(batch_size, bool))
+            ids, keys, arrays = empty()
     if ids:
-        yield Batch(ids, arrays, np.arange(batch_size) < len(ids))
+        yield Batch(ids, keys, arrays, np.arange(batch_size) < len(ids))
 
 
 def check_positive(**values: int) -> None:

@@ -35,6 +35,7 @@ from .images import (
     check_sizes,
     list_images,
     load_image,
+    pixels_key,
     prepare_multi,
 )
 from .pool import ordered_map
@@ -255,10 +256,11 @@ def iter_batches(
     check_positive(batch_size=batch_size, workers=workers)
     rows = range(len(source)) if rows is None else rows
 
-    def prepared(row: int) -> tuple[np.ndarray, ...]:
-        return prepare_multi(source.load(int(row)), sizes)
+    def prepared(row: int) -> tuple[str, tuple[np.ndarray, ...]]:
+        image = source.load(int(row))
+        return pixels_key(image), prepare_multi(image, sizes)
 
-    def items() -> Iterator[tuple[str, tuple[np.ndarray, ...]]]:
+    def items() -> Iterator[tuple[str, str, tuple[np.ndarray, ...]]]:
         for row, result in ordered_map(prepared, rows, workers=workers, in_flight=max(2 * batch_size, 2 * workers),
                                        catch=True):
             if isinstance(result, ImageError):
@@ -266,7 +268,7 @@ def iter_batches(
             elif isinstance(result, Exception):  # one odd file must not end a run over a million
                 failures.add(source.ids[int(row)], f"unexpected {type(result).__name__}: {result}")
             else:
-                yield source.ids[int(row)], result
+                yield source.ids[int(row)], *result
 
     return assemble_batches(items(), sizes, batch_size)
 
