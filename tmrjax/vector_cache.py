@@ -48,8 +48,7 @@ class PipelineVectors:
         self._where: dict[str, tuple[int, int]] = {}  # key -> (chunk number, row)
         self._chunks: list[Path] = []
         self._arrays: dict[int, np.ndarray] = {}
-        self._pending_keys: list[str] = []
-        self._pending: list[np.ndarray] = []
+        self._pending: dict[str, np.ndarray] = {}  # added since the last flush, in order
         for keys_file in sorted(folder.glob("*.keys.npy")):
             chunk = Path(str(keys_file)[: -len(".keys.npy")])
             try:
@@ -61,7 +60,7 @@ class PipelineVectors:
                 self._where.setdefault(key, (len(self._chunks) - 1, row))
 
     def __len__(self) -> int:
-        return len(self._where) + len(self._pending_keys)
+        return len(self._where) + len(self._pending)
 
     def _chunk(self, number: int) -> np.ndarray:
         if number not in self._arrays:
@@ -70,11 +69,10 @@ class PipelineVectors:
 
     def get(self, keys: Sequence[str]) -> np.ndarray | None:
         """(len(keys), *vector_shape) float32 when every key is cached, else None."""
-        pending = {k: i for i, k in enumerate(self._pending_keys)}
         rows = []
         for key in keys:
-            if key in pending:
-                rows.append(self._pending[pending[key]])
+            if key in self._pending:
+                rows.append(self._pending[key])
             elif key in self._where:
                 number, row = self._where[key]
                 vector = self._chunk(number)[row]
@@ -88,26 +86,26 @@ class PipelineVectors:
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Add (len(keys), *vector_shape) vectors; written to disk every FLUSH_ROWS rows and by `flush`."""
         for key, vector in zip(keys, vectors):
-            if key not in self._where:
-                self._pending_keys.append(key)
-                self._pending.append(np.asarray(vector, np.float32))
-        if len(self._pending_keys) >= FLUSH_ROWS:
+            if key not in self._where and key not in self._pending:
+                self._pending[key] = np.asarray(vector, np.float32)
+        if len(self._pending) >= FLUSH_ROWS:
             self.flush()
 
     def flush(self) -> None:
         """Write the vectors added since the last flush as one chunk."""
-        if not self._pending_keys:
+        if not self._pending:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         chunk = self.folder / secrets.token_hex(8)
-        vectors = np.stack(self._pending).astype(np.float32)
+        keys = list(self._pending)
+        vectors = np.stack(list(self._pending.values()))
         write_atomic(f"{chunk}.vectors.npy", lambda f: np.save(f, vectors))
-        write_atomic(f"{chunk}.keys.npy", lambda f: np.save(f, np.array(self._pending_keys)))
+        write_atomic(f"{chunk}.keys.npy", lambda f: np.save(f, np.array(keys)))
         self._chunks.append(chunk)
-        for row, key in enumerate(self._pending_keys):
+        for row, key in enumerate(keys):
             self._where[key] = (len(self._chunks) - 1, row)
         self._arrays[len(self._chunks) - 1] = vectors
-        self._pending_keys, self._pending = [], []
+        self._pending = {}
 
 
 class VectorCache:
