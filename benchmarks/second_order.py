@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def torch_second_order(torch, features, masks, alpha, local_projection, mean, projection, eps=1e-6):
+def torch_second_order(torch, features, masks, alpha, local_projection, mean, projection, floor=1e-4):
     """Eq. 2, 4, 5, 6 as a PyTorch user writes them, on (B, h, w, C) maps and (B, M, h, w) masks."""
     k = features.shape[-1]
     q = (features > 0).float().mean(dim=(1, 2))  # Eq. 2: the fraction of positive cells per channel
@@ -53,7 +53,8 @@ def torch_second_order(torch, features, masks, alpha, local_projection, mean, pr
     scale = gram.abs().amax(dim=(-2, -1), keepdim=True)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     values, vectors = torch.linalg.eigh(gram / scale)
-    logs = torch.log(torch.clamp(values * scale[..., 0], min=eps))
+    lowest = (floor * values[..., -1:]).clamp_min(torch.finfo(torch.float32).tiny)  # eigh sorts ascending
+    logs = torch.log(torch.maximum(values, lowest)) + torch.log(scale[..., 0])
     log_gram = torch.einsum("bmik,bmk,bmjk->bmij", vectors, logs, vectors)
     rows, cols = torch.triu_indices(LOCAL_DIM, LOCAL_DIM)
     vec = log_gram[..., rows, cols] * torch.where(rows == cols, 1.0, 2.0 ** 0.5)

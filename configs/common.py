@@ -39,6 +39,9 @@ def retrieval_config() -> ConfigDict:
     c.embed.center_prior = False  # SPoC's Gaussian centre prior (Babenko & Lempitsky 2015)
     c.embed.gem_p = 3.0
     c.embed.local_dim = 128  # second_order: K', the PCA-reduced local descriptors (jeong2017 Eq. 4)
+    # second_order: covariance eigenvalues below this fraction of the largest are raised to it before
+    # the matrix log (Eq. 5), above float32 eigh noise (kernels.aggregation.spd_log)
+    c.embed.eigenvalue_floor = 1e-4
     c.embed.pca_whitening_dim = 0  # 0: no PCA-whitening; else l2 -> PCA-w to this dim -> l2 per region
     c.embed.whitening_power = 0.5  # eigenvalue ** -power: 0.5 full whitening, smaller values partial
     c.embed.region_weights = "uniform"  # uniform | idf (tursun2021 URA, Eq. 4)

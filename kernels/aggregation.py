@@ -6,8 +6,9 @@ Masks are (M, H, W) at the feature map's size (or one set per image), so regions
 In second-order pooling, each region's alpha-weighted average of outer products of its (PCA-reduced, Eq. 4) local
 descriptors is mapped to the log-Euclidean space by the matrix logarithm and vectorised by its
 upper triangle, the off-diagonal entries scaled by sqrt(2) so that the vector's l2 norm is the
-matrix's Frobenius norm. Eigenvalues are floored at `eps` before the logarithm, so regions of
-few cells (rank-deficient), flat regions and all-zero maps stay finite. The channel weights
+matrix's Frobenius norm. Eigenvalues are floored at a fraction of the largest before the logarithm,
+so regions of few cells (rank-deficient), flat regions and all-zero maps stay finite and do not
+depend on float32 rounding. The channel weights
 beta of Eq. 2 are CRoW's (`kernels.crow.crow_channel_weights`).
 """
 
@@ -47,18 +48,24 @@ def reduce_local(features: jax.Array, beta: jax.Array, projection: jax.Array) ->
                       projection.astype(jnp.float32))
 
 
-def spd_log(matrix: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Matrix logarithm of symmetric positive semi-definite matrices, eigenvalues floored at `eps`.
+def spd_log(matrix: jax.Array, floor: float = 1e-4) -> jax.Array:
+    """Matrix logarithm of symmetric positive semi-definite matrices, eigenvalues floored relative to the largest.
 
-    (..., K, K) -> (..., K, K), through `eigh`: U diag(log max(lambda, eps)) U^T. Each matrix is
-    divided by its largest |entry| before `eigh` and the eigenvalues scaled back (the same U and
+    (..., K, K) -> (..., K, K), through `eigh`: U diag(log max(lambda, floor * lambda_max)) U^T. A
+    rank-deficient matrix (a region of fewer cells than K dimensions) has eigenvalues that are 0 in
+    exact arithmetic and float32 rounding noise of about K * 6e-8 * lambda_max after `eigh`; a floor
+    relative to lambda_max (1e-4, an order of magnitude above that noise for K = 128) maps all of
+    them to one value, so the log no longer depends on the noise (an absolute floor left them
+    anywhere between it and the noise). An all-zero matrix gives log(1.2e-38) I, finite. Each matrix
+    is divided by its largest |entry| before `eigh` and the eigenvalues scaled back (the same U and
     lambda in exact arithmetic): LAPACK's eigensolver slows down by two orders of magnitude on
     float32 matrices with entries near 1e16, which unbounded feature maps produce.
     """
     scale = jnp.max(jnp.abs(matrix), axis=(-2, -1), keepdims=True)
     scale = jnp.where(scale > 0, scale, 1.0)
     values, vectors = jnp.linalg.eigh(matrix / scale)
-    logs = jnp.log(jnp.maximum(values * scale[..., 0], eps))
+    lowest = jnp.maximum(floor * values[..., -1:], np.finfo(np.float32).tiny)  # eigh sorts ascending
+    logs = jnp.log(jnp.maximum(values, lowest)) + jnp.log(scale[..., 0])
     return jnp.einsum("...ik,...k,...jk->...ij", vectors, logs, vectors)
 
 
@@ -71,17 +78,53 @@ def vec_upper(matrix: jax.Array) -> jax.Array:
     return matrix[..., rows, cols] * scale
 
 
-def log_cov_pool(local: jax.Array, alpha: jax.Array, masks: jax.Array, eps: float = 1e-6) -> jax.Array:
+def _dual_log_gram(local: jax.Array, weights: jax.Array, floor: float) -> jax.Array:
+    """`spd_log` of G = sum_p w_p f_p f_p^T (weights summing to 1 per region) through the N x N dual
+    Y Y^T, Y = diag(sqrt(w)) F, for maps of N = H W cells fewer than the K' dimensions.
+
+    G and Y Y^T share their nonzero eigenvalues, and G's eigenvector of lambda is Y^T v / sqrt(lambda);
+    every other eigenvalue of G is 0. With `spd_log`'s floor l = max(floor * lambda_max, tiny):
+    log G = log(l) I + Y^T V diag((log max(lambda, l) - log l) / lambda) V^T Y, the same matrix as
+    the K' x K' path (eigenvalues at or below l add nothing), from an eigendecomposition of N x N
+    instead of K' x K' matrices. local (..., H, W, K'); weights (..., M, H, W) -> (..., M, K', K').
+    """
+    cells = local.reshape(*local.shape[:-3], -1, local.shape[-1])  # (..., N, K')
+    y = jnp.sqrt(weights.reshape(*weights.shape[:-2], -1))[..., None] * cells[..., None, :, :]  # (..., M, N, K')
+    dual = jnp.einsum("...ik,...jk->...ij", y, y)
+    scale = jnp.max(jnp.abs(dual), axis=(-2, -1), keepdims=True)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    values, vectors = jnp.linalg.eigh(dual / scale)
+    values = values * scale[..., 0]
+    lowest = jnp.maximum(floor * values[..., -1:], np.finfo(np.float32).tiny)
+    kept = values > lowest
+    coefficients = jnp.where(kept, (jnp.log(jnp.where(kept, values, 1.0)) - jnp.log(lowest)) /
+                             jnp.where(kept, values, 1.0), 0.0)
+    z = jnp.einsum("...nk,...nj->...kj", y, vectors)  # (..., M, K', N): Y^T V
+    identity = jnp.eye(local.shape[-1], dtype=jnp.float32)
+    return jnp.log(lowest)[..., None] * identity + jnp.einsum("...kn,...n,...jn->...kj", z, coefficients, z)
+
+
+def log_cov_pool(local: jax.Array, alpha: jax.Array, masks: jax.Array, floor: float = 1e-4) -> jax.Array:
     """jeong2017 Eq. 5: per region, l2(vec(log(G))) with G the alpha-weighted mean of f f^T over its cells.
 
     local: (..., H, W, K') reduced local descriptors (Eq. 4); alpha: (..., H, W) spatial weights
     (Eq. 1; ones for a plain average); masks: (M, H, W) or (..., M, H, W) region masks (bool or
-    0/1). A region with no weight (an empty mask, or alpha 0 over it) has G = 0 and gives the
-    vector of log(eps) I; callers mask such regions out. -> (..., M, K' (K' + 1) / 2) float32.
+    0/1); `floor`: `spd_log`'s eigenvalue floor, relative to the largest. A region with no weight
+    (an empty mask, or alpha 0 over it) has G = 0 and gives the direction of I; callers mask such
+    regions out. -> (..., M, K' (K' + 1) / 2) float32.
+
+    A map of fewer cells than K' (EfficientNet-Lite0's 10 x 10 head at 320 px, K' = 128) makes
+    every G rank-deficient; its log is then computed from the cells' N x N dual
+    (`_dual_log_gram`), the same matrix at (N / K')^3 of the eigendecomposition's cost.
     """
     local = local.astype(jnp.float32)
     weights = alpha.astype(jnp.float32)[..., None, :, :] * masks.astype(jnp.float32)  # (..., M, H, W)
     total = jnp.sum(weights, axis=(-2, -1))
-    gram = jnp.einsum("...mhw,...hwi,...hwj->...mij", weights, local, local)
-    gram = gram / jnp.maximum(total, 1e-12)[..., None, None]
-    return l2_normalize(vec_upper(spd_log(gram, eps)))
+    weights = weights / jnp.maximum(total, 1e-12)[..., None, None]
+    h, w, k = local.shape[-3:]
+    if h * w < k:
+        log_gram = _dual_log_gram(local, weights, floor)
+    else:
+        gram = jnp.einsum("...mhw,...hwi,...hwj->...mij", weights, local, local)
+        log_gram = spd_log(gram, floor)
+    return l2_normalize(vec_upper(log_gram))

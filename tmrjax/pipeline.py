@@ -140,6 +140,7 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "embed.candidate_points": (1, 1 << 14),
     "embed.candidate_clusters": (1, 6),  # 2^L regions per image and resolution
     "embed.local_dim": (1, 1024),
+    "embed.eigenvalue_floor": (0, 1),
     "search.query_expansion": (0, 1000),
     "search.qe_alpha": (0, 100),
     "search.database_augmentation": (0, 1000),

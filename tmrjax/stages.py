@@ -138,7 +138,7 @@ def first_order(features: jax.Array, masks: jax.Array, alpha: jax.Array, arts: A
 def second_order(features: jax.Array, masks: jax.Array, alpha: jax.Array, arts: Arrays, embed: ConfigDict) -> jax.Array:
     """jeong2017 Eq. 4-5: local descriptors U^T (beta o f) -> alpha-weighted log-covariance per region, l2."""
     local = aggregation.reduce_local(features, crow.crow_channel_weights(features), arts["local_projection"])
-    return aggregation.log_cov_pool(local, alpha, masks)
+    return aggregation.log_cov_pool(local, alpha, masks, embed.eigenvalue_floor)
 
 
 def first_and_second_order(features, masks, alpha, arts, embed) -> jax.Array:

@@ -13,8 +13,9 @@ def _spd(rng, k, rank=None):
     return a @ a.T / (rank or k) + (0 if rank else 0.1) * np.eye(k)
 
 
-def _reference(local, alpha, masks, eps):
-    """A slow float64 loop written from Eq. 5: G, eigen-floored log, upper triangle, l2."""
+def _reference(local, alpha, masks, floor=1e-4):
+    """A slow float64 loop written from Eq. 5: G, log with eigenvalues floored at floor * the largest
+    (at least the smallest normal float32), upper triangle, l2."""
     out = np.zeros(local.shape[:-3] + (len(masks), local.shape[-1] * (local.shape[-1] + 1) // 2))
     for b in np.ndindex(local.shape[:-3]):
         for m, mask in enumerate(masks):
@@ -23,7 +24,8 @@ def _reference(local, alpha, masks, eps):
                        for y in range(mask.shape[0]) for x in range(mask.shape[1]))
             gram = gram / max(weights.sum(), 1e-12)
             values, vectors = np.linalg.eigh(gram)
-            log = vectors @ np.diag(np.log(np.maximum(values, eps))) @ vectors.T
+            lowest = max(floor * values.max(), np.finfo(np.float32).tiny)
+            log = vectors @ np.diag(np.log(np.maximum(values, lowest))) @ vectors.T
             rows, cols = np.triu_indices(len(log))
             vec = log[rows, cols] * np.where(rows == cols, 1.0, np.sqrt(2.0))
             out[b + (m,)] = vec / np.linalg.norm(vec)
@@ -57,7 +59,7 @@ def test_log_cov_pool_matches_the_equation_batched_over_images_and_regions():
     masks[2, 2:, 3:] = True
     ours = np.asarray(jax.jit(log_cov_pool)(local, alpha, masks))
     assert ours.shape == (2, 3, 10) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, _reference(local.astype(np.float64), alpha, masks, 1e-6), atol=1e-4)
+    np.testing.assert_allclose(ours, _reference(local.astype(np.float64), alpha, masks), atol=1e-4)
 
 
 def test_per_image_masks_and_vmap_agree():
@@ -70,25 +72,26 @@ def test_per_image_masks_and_vmap_agree():
     np.testing.assert_allclose(batched, mapped, atol=1e-5)
 
 
+@pytest.mark.parametrize("side", [4, 2], ids=["K' x K' eigh", "N x N dual"])  # 16 cells >= 5 dims, 4 < 5
 @pytest.mark.parametrize("case", ["rank-1 region", "all-zero map", "empty mask", "flat region"])
-def test_degenerate_regions_stay_finite_and_match_the_floored_reference(case):
+def test_degenerate_regions_stay_finite_and_match_the_floored_reference(case, side):
     rng = np.random.default_rng(4)
-    local = rng.normal(size=(4, 4, 5)).astype(np.float32)
-    masks = np.ones((1, 4, 4), bool)
+    local = rng.normal(size=(side, side, 5)).astype(np.float32)
+    masks = np.ones((1, side, side), bool)
     if case == "rank-1 region":
         masks[:] = False
-        masks[0, 1, 2] = True  # one cell: G = f f^T has rank 1
+        masks[0, 1, 1] = True  # one cell: G = f f^T has rank 1
     elif case == "all-zero map":
         local[:] = 0
     elif case == "empty mask":
         masks[:] = False
     else:
         local[:] = local[0, 0]  # every cell the same descriptor: rank 1 again
-    alpha = np.ones((4, 4), np.float32)
+    alpha = np.ones((side, side), np.float32)
     ours = np.asarray(log_cov_pool(local, alpha, masks))
     assert np.isfinite(ours).all()
     np.testing.assert_allclose(np.linalg.norm(ours, axis=-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(ours, _reference(local.astype(np.float64), alpha, masks, 1e-6), atol=2e-4)
+    np.testing.assert_allclose(ours, _reference(local.astype(np.float64), alpha, masks), atol=2e-4)
 
 
 def test_float32_agrees_with_float64():
@@ -100,7 +103,22 @@ def test_float32_agrees_with_float64():
     masks = np.ones((1, 10, 10), bool)
     narrow = np.asarray(log_cov_pool(local, alpha, masks))
     assert narrow.dtype == np.float32
-    np.testing.assert_allclose(narrow, _reference(local, alpha, masks, 1e-6), atol=1e-4)
+    np.testing.assert_allclose(narrow, _reference(local, alpha, masks), atol=1e-4)
+
+
+def test_rank_deficient_regions_agree_in_float32_and_float64():
+    """A 10 x 10 map of 128-d local descriptors (Lite0's head after Eq. 4): every region has fewer
+    cells than dimensions, so most eigenvalues of G are float32 noise; the relative floor maps them
+    all to one value and float32 stays close to float64 (an absolute 1e-6 floor differed by 3e-3 here)."""
+    rng = np.random.default_rng(7)
+    local = rng.gamma(1.0, size=(10, 10, 128)) * (rng.uniform(size=(10, 10, 128)) > 0.5)
+    alpha = rng.uniform(size=(10, 10))
+    masks = np.zeros((3, 10, 10), bool)
+    masks[0] = True  # 100 cells, rank <= 100 < 128
+    masks[1, 2:7, 3:8] = True  # 25 cells
+    masks[2, 4, 4:7] = True  # 3 cells
+    narrow = np.asarray(log_cov_pool(local.astype(np.float32), alpha, masks))
+    np.testing.assert_allclose(narrow, _reference(local, alpha, masks), atol=1e-4)
 
 
 def test_spatial_weights_are_the_l2_normalised_channel_sum():
