@@ -166,3 +166,155 @@ def test_table_columns_fit_their_longest_entry_and_name_each_rows_weights():
     assert body[0].endswith("vgg16-tv-1a2b3c4d") and body[1].endswith("random-init")
     single = format_table(rows[1:], "x").splitlines()
     assert "weights" not in single[1] and single[2] == "-" * len(single[1])
+
+
+# ----------------------------------------------------------------------------------------
+# Revisited Oxford / Paris: query crops that are not in the database, Easy / Medium / Hard
+
+
+REVISITED_DB = [f"landmark{mark}_{i:06d}" for mark in range(2) for i in range(4)]
+REVISITED_QUERIES = ["landmark0_000100", "landmark1_000100", "landmark0_000101"]
+REVISITED_SIZES = [(96, 80), (120, 96), (80, 110), (100, 100)]
+
+
+def _revisited_gnd() -> list[dict]:
+    """Per query of landmark m: its first two images easy, the third hard, the fourth junk (revisitop's dicts)."""
+    gnd = []
+    for name in REVISITED_QUERIES:
+        first = 4 * int(name[len("landmark")])
+        gnd.append({"bbx": [8.0, 6.0, 112.0, 100.0], "easy": [first, first + 1], "hard": np.array([first + 2]),
+                    "junk": [first + 3]})
+    return gnd
+
+
+@pytest.fixture
+def revisited_data(tmp_path, mark_factory):
+    """A tiny `revisited_landmarks/roxford5k` built from a manual_dir in the official format: JPEGs of two
+    synthetic landmarks (one mark each, drawn at several sizes) and gnd_roxford5k.pkl; returns the tfds data_dir."""
+    import pickle
+
+    from tmrjax.data.revisited_landmarks import build_revisited
+
+    draw_mark = mark_factory[0]
+    manual = tmp_path / "manual" / "jpg"
+    manual.mkdir(parents=True)
+    for i, name in enumerate(REVISITED_DB):
+        draw_mark(int(name[len("landmark")]), REVISITED_SIZES[i % 4]).convert("RGB").save(manual / f"{name}.jpg")
+    for name in REVISITED_QUERIES:
+        draw_mark(int(name[len("landmark")]), (120, 108)).convert("RGB").save(manual / f"{name}.jpg")
+    gnd = {"imlist": REVISITED_DB, "qimlist": REVISITED_QUERIES, "gnd": _revisited_gnd()}
+    (manual.parent / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(gnd, protocol=4))
+    build_revisited("roxford5k", tmp_path / "tfds", manual_dir=manual.parent, num_workers=1)
+    return tmp_path / "tfds"
+
+
+@pytest.fixture
+def fitted_on(monkeypatch):
+    """The ids of every source `fit_pipelines` is given during the test."""
+    import tmrjax.fit
+
+    seen, original = [], tmrjax.fit.fit_pipelines
+
+    def spy(pipelines, images, *args, **kwargs):
+        seen.extend(images.ids)
+        return original(pipelines, images, *args, **kwargs)
+
+    monkeypatch.setattr(tmrjax.fit, "fit_pipelines", spy)
+    return seen
+
+
+def _independent_revisited(vectors: np.ndarray):
+    """evaluate_revisited of the cached vectors, scored here: queries are the rows after the database; region
+    vectors score their best pair of present regions (jeong2017 Eq. 7)."""
+    from tmrjax.revisited import evaluate_revisited
+
+    database, queries = vectors[: len(REVISITED_DB)], vectors[len(REVISITED_DB):]
+    if vectors.ndim == 2:
+        scores = queries @ database.T
+    else:
+        pairs = np.einsum("qmd,nrd->qnmr", queries, database)
+        present = (np.abs(queries).sum(-1) > 0)[:, None, :, None] & (np.abs(database).sum(-1) > 0)[None, :, None, :]
+        scores = np.where(present, pairs, -np.inf).max(axis=(2, 3))
+    return evaluate_revisited(np.argsort(-scores, axis=1, kind="stable"), _revisited_gnd())
+
+
+def test_revisited_eval_scores_query_crops_against_the_database_fitted_without_queries(configs_dir, revisited_data,
+                                                                                        fitted_on, tmp_path):
+    names = [str(configs_dir / f"{n}.py") for n in ("tiny_mac", "tiny_rmac")]
+    out = tmp_path / "run"
+    rows, report = run_eval("revisited_landmarks/roxford5k", names, out, data_dir=revisited_data, fit_images=8,
+                            progress=False, log=lambda *_: None)
+    assert [r.method for r in rows] == ["tiny_mac", "tiny_rmac"] and {r.protocol for r in rows} == {"revisited"}
+    # Fitting (tiny_rmac's PCA-w) read the database only, never a query crop.
+    assert sorted(fitted_on) == sorted(REVISITED_DB)
+    for row in rows:
+        vectors = np.load(next((out / "cache").glob(f"*/{row.method}-*/vectors.npy")))
+        assert vectors.shape[0] == len(REVISITED_DB) + len(REVISITED_QUERIES)  # queries are extra rows
+        expected = _independent_revisited(vectors)
+        for setup, result in expected.items():
+            assert row.map[setup] == pytest.approx(result.mean_ap), (row.method, setup)
+            np.testing.assert_allclose(row.mp_at_k[setup], result.mean_precision_at_k)
+    assert rows[0].ks == (1, 5, 10)
+
+    table = format_table(rows, "revisited_landmarks/roxford5k")
+    for heading in ("DIM", "E mAP", "E mP@10", "M mAP", "M mP@10", "H mAP", "H mP@10", "protocol: revisited"):
+        assert heading in table
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"][1]["map"] == rows[1].map
+    assert set(np.load(out / "per_query.npz")) >= {"tiny_mac/medium_ap", "tiny_rmac/hard_p_at_10"}
+
+    # The report: every query, its top results (the 8 database images) marked by the ground truth.
+    assert report.is_file() and "blue frame: hard" in report.read_text()
+    top10 = json.loads((report.parent / "top10.json").read_text())
+    gnd = _revisited_gnd()
+    for q, listed in enumerate(top10["tiny_mac"]):
+        assert listed["query"] == f"query_{q:03d}" and len(listed["results"]) == len(REVISITED_DB)
+        truth = {REVISITED_DB[int(r)]: key for key in ("junk", "hard", "easy") for r in gnd[q][key]}
+        for result in listed["results"]:
+            assert result["label"] == truth.get(result["id"], "negative")
+            assert result["relevant"] == (result["label"] in ("easy", "hard"))
+
+
+def test_region_pipelines_query_a_crop_with_its_whole_region_only(revisited_data, tiny_config, tmp_path):
+    config = tiny_config("jeong2017", resolutions=(64,))
+    config.embed.pca_whitening_dim = 8
+    config.embed.candidate_points = 20
+    rows, _ = run_eval("revisited_landmarks/roxford5k", [config], tmp_path / "run", data_dir=revisited_data,
+                       progress=False, log=lambda *_: None, report_queries=1)
+    vectors = np.load(next((tmp_path / "run" / "cache").glob("*/jeong2017-*/vectors.npy")))
+    assert vectors.ndim == 3 and vectors.shape[1] == 8
+    present = np.abs(vectors).sum(-1) > 0
+    assert (present[len(REVISITED_DB):].sum(axis=1) == 1).all()  # a query: R_M, the last candidate region
+    assert present[len(REVISITED_DB):, -1].all() and present[: len(REVISITED_DB), -1].all()
+    for setup, result in _independent_revisited(vectors).items():
+        assert rows[0].map[setup] == pytest.approx(result.mean_ap), setup
+
+
+def test_revisited_eval_applies_the_configs_search_post_processing(configs_dir, revisited_data, tmp_path):
+    from tmrjax.evaluation import revisited_scores
+    from tmrjax.revisited import evaluate_revisited, ranking_from_scores
+
+    config = evaluation.load_config(str(configs_dir / "tiny_mac.py"))
+    config.search.query_expansion = 2
+    config.search.database_augmentation = 1
+    rows, _ = run_eval("revisited_landmarks/roxford5k", [config], tmp_path / "run", data_dir=revisited_data,
+                       progress=False, log=lambda *_: None)
+    vectors = np.load(next((tmp_path / "run" / "cache").glob("*/tiny_mac-*/vectors.npy")))
+    bench = evaluation.open_benchmark("revisited_landmarks/roxford5k", data_dir=revisited_data)
+    scores = revisited_scores(bench, vectors, config.search)
+    plain = revisited_scores(bench, vectors, evaluation.load_config(str(configs_dir / "tiny_mac.py")).search)
+    assert not np.allclose(scores, plain)  # QE and DBA changed what is ranked
+    np.testing.assert_allclose(plain, vectors[len(REVISITED_DB):] @ vectors[: len(REVISITED_DB)].T, atol=1e-6)
+    expected = evaluate_revisited(ranking_from_scores(scores), _revisited_gnd())
+    assert rows[0].map == {s: r.mean_ap for s, r in expected.items()}
+
+
+def test_revisited_eval_without_the_data_says_what_to_download_and_where(configs_dir, tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        run_eval("revisited_landmarks/roxford5k", [str(configs_dir / "tiny_mac.py")], tmp_path / "run",
+                 data_dir=tmp_path / "tfds", progress=False, log=lambda *_: None)
+    message = str(info.value)
+    for needed in ("not prepared in", "gnd_roxford5k.pkl", "oxbuild_images-v1.tgz",
+                   "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/", "build_revisited('roxford5k'",
+                   f"{tmp_path / 'tfds'}/downloads/manual/"):
+        assert needed in message, needed

@@ -178,3 +178,101 @@ def test_a_region_matching_pipeline_indexes_and_searches_a_folder(marks_dir, tin
     for query, ranking, other in zip(ids, exact, approximate):
         assert ranking[0][0] == query and ranking[0][1] == pytest.approx(1.0, abs=1e-4)
         assert [i for i, _ in other] == [i for i, _ in ranking]
+
+
+def _reference_ranking(database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eval's ranking of `queries` against `database` (`metrics.similarities`): top k (rows, scores),
+    ties to the lower row."""
+    from tmrjax.metrics import similarities
+
+    scores = similarities(database, np.zeros(len(queries), np.int64), query_vectors=queries)
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def _assert_ranked_as(results, ids: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+    for ranking, want_rows, want_scores in zip(results, rows, scores):
+        assert [i for i, _ in ranking] == [ids[r] for r in want_rows]
+        np.testing.assert_allclose([s for _, s in ranking], want_scores, atol=1e-4)
+
+
+@pytest.fixture
+def dba_qe_mac(tiny_config):
+    """Tiny MAC with DBA (n = 2) and alpha-QE (n = 3) in its config's search section."""
+    config = tiny_config("mac", (64,))
+    config.search.database_augmentation, config.search.dba_alpha = 2, 1.0
+    config.search.query_expansion, config.search.qe_alpha = 3, 2.0
+    return Pipeline.create(config)
+
+
+def test_a_folder_search_with_dba_and_qe_ranks_as_rerank_does(dba_qe_mac, marks_dir, mark_factory, tmp_path):
+    from tmrjax.rerank import augment_database, expand_queries
+
+    pipeline, search = dba_qe_mac, dba_qe_mac.config.search
+    root = shutil.copytree(marks_dir, tmp_path / "marks")
+    index_folder(root, pipeline, tmp_path / "index", progress=False)
+    ids = GalleryIndex.open(str(tmp_path / "index")).ids  # label order
+    new = tmp_path / "new.png"
+    mark_factory[0](40).save(new)
+    _, results = search_images(tmp_path / "index", [root / i for i in ids] + [new], k=5)
+
+    raw = tmrjax.embed([root / i for i in ids], pipeline)
+    augmented = augment_database(raw, search)
+    # indexed queries search as their (augmented) database row, never their own expansion image
+    expanded = expand_queries(augmented, np.arange(len(ids)), search)
+    _assert_ranked_as(results[:-1], ids, *_reference_ranking(augmented, expanded, 5))
+    # a new image: alpha-QE over its top 3 augmented images, by the formula
+    q = tmrjax.embed([new], pipeline)[0].astype(np.float64)
+    scores = augmented @ q
+    total = q + sum(max(scores[t], 0) ** 2.0 * augmented[t] for t in np.argsort(-scores, kind="stable")[:3])
+    _assert_ranked_as(results[-1:], ids, *_reference_ranking(augmented, (total / np.linalg.norm(total))[None], 5))
+
+
+def test_adding_files_re_derives_the_augmented_database(dba_qe_mac, marks_dir, mark_factory, tmp_path):
+    from tmrjax.gallery import _dba_params
+    from tmrjax.rerank import augment_database
+
+    params = _dba_params(dba_qe_mac.config.search)
+    root = shutil.copytree(marks_dir, tmp_path / "marks")
+    index_folder(root, dba_qe_mac, tmp_path / "index", progress=False)
+    first = GalleryIndex.open(str(tmp_path / "index"))
+    entry = first._meta["augmented"]
+    assert first.augmented(params) is not None and first.augmented({**params, "dba_alpha": 2.0}) is None
+
+    mark_factory[1](root, count=2, start=12)
+    index_folder(root, dba_qe_mac, tmp_path / "index", progress=False)
+    grown = GalleryIndex.open(str(tmp_path / "index"))
+    assert len(grown) == 14 and grown._meta["augmented"]["labels_sha256"] != entry["labels_sha256"]
+    assert not (tmp_path / "index" / entry["name"]).exists()
+    view = grown.augmented(params)
+    np.testing.assert_allclose(view.vectors(), augment_database(grown.vectors(), dba_qe_mac.config.search),
+                               atol=1e-6)
+
+    # a commit that changes the vectors without deriving again leaves no augmented database behind
+    grown.remove([grown.ids[0]])
+    grown.checkpoint()
+    reopened = GalleryIndex.open(str(tmp_path / "index"))
+    assert "augmented" not in reopened._meta and reopened.augmented(params) is None
+    _, [ranking] = search_images(tmp_path / "index", [root / grown.ids[0]], k=13)  # derived at search time
+    assert len(ranking) == 13
+
+
+def test_a_region_index_with_regional_qe_and_dba_ranks_as_rerank_does(marks_dir, tiny_config, tmp_path):
+    from tmrjax.rerank import augment_database, expand_queries
+
+    config = tiny_config("jeong2017", (96,))
+    config.embed.pca_whitening_dim = 8
+    config.search.database_augmentation, config.search.query_expansion = 2, 3
+    pipeline = fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "fitted", progress=False)
+    root = shutil.copytree(marks_dir, tmp_path / "marks")
+    index_folder(root, pipeline, tmp_path / "index", progress=False)
+    ids = GalleryIndex.open(str(tmp_path / "index")).ids
+    _, exact = search_images(tmp_path / "index", [root / i for i in ids], k=4)
+    _, approximate = search_images(tmp_path / "index", [root / i for i in ids], k=4, region_k=200)
+
+    augmented = augment_database(tmrjax.embed([root / i for i in ids], pipeline), config.search)
+    expanded = expand_queries(augmented, np.arange(len(ids)), config.search)
+    assert expanded.shape == (len(ids), 1, 8)  # Eq. 8: a one-region query
+    want = _reference_ranking(augmented, expanded, 4)
+    _assert_ranked_as(exact, ids, *want)
+    _assert_ranked_as(approximate, ids, *want)

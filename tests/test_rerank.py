@@ -106,3 +106,28 @@ def test_query_vectors_equal_to_the_query_rows_change_nothing(protocol):
     np.testing.assert_array_equal(plain.ap_per_query, given.ap_per_query)
     with pytest.raises(ValueError, match="query_vectors"):
         metrics.evaluate(db, rows, relevant, query_vectors=db[:3])
+
+
+def test_dba_found_in_row_blocks_equals_one_block(monkeypatch):
+    import tmrjax.rerank
+
+    db = unit(np.random.default_rng(6).standard_normal((30, 5)))
+    whole = augment_database(db, search(database_augmentation=3))
+    monkeypatch.setattr(tmrjax.rerank, "_DBA_ROWS_PER_STEP", 7)
+    np.testing.assert_array_equal(augment_database(db, search(database_augmentation=3)), whole)
+
+
+def test_a_query_outside_the_database_expands_with_its_own_vector_and_excludes_nothing():
+    rng = np.random.default_rng(7)
+    db = unit(rng.standard_normal((40, 6)))
+    outside = unit(rng.standard_normal((2, 6)))
+    rows = np.array([-1, 12, -1])
+    given = np.stack([outside[0], db[12], outside[1]])
+    out = expand_queries(db, rows, search(query_expansion=4, qe_alpha=2.0), query_vectors=given)
+    for q, own, got in zip(given, rows, out):
+        scores = db @ q
+        total = q.astype(np.float64).copy()
+        for t in top_others(scores, own, 4):  # own = -1: no column is the query's
+            total += max(scores[t], 0.0) ** 2.0 * db[t]
+        np.testing.assert_allclose(got, total / np.linalg.norm(total), atol=1e-5)
+    np.testing.assert_array_equal(out[1], expand_queries(db, rows[1:2], search(query_expansion=4, qe_alpha=2.0))[0])

@@ -85,15 +85,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     from .data.images import FailureLog
     from .gallery import search_images
+    from .rerank import describe
     from .vector_cache import VectorCache
 
     failures = FailureLog()
     pipeline, results = search_images(args.index, args.queries, k=args.k, verify=not args.no_verify,
                                       failures=failures, region_k=args.region_k, cache=VectorCache.user())
     reasons = dict(failures.failures)
+    post_processing = describe(pipeline.config.search, regions=pipeline.regions_per_image > 1)
     if args.json:
         print(json.dumps(
-            {"pipeline": pipeline.info(), "k": args.k, "results": [
+            {"pipeline": pipeline.info(), "k": args.k, "post_processing": post_processing, "results": [
                 {"query": str(q), "error": reasons.get(str(q))} if res is None else
                 {"query": str(q),
                  "ranking": [{"rank": r + 1, "id": i, "similarity": s} for r, (i, s) in enumerate(res)]}
@@ -105,7 +107,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         for query, ranking in zip(args.queries, results):
             if ranking is None:
                 continue
-            print(f"query {query}  (pipeline {pipeline.name}, weights: {pipeline.backbone['weights']})")
+            print(f"query {query}  (pipeline {pipeline.name}, weights: {pipeline.backbone['weights']}, "
+                  f"post-processing: {post_processing})")
             if not ranking:
                 print(f"       the index {args.index} is empty: nothing to rank")
             for rank, (id_, similarity) in enumerate(ranking, start=1):
@@ -341,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("eval", help="fit, embed and score pipelines on a benchmark; prints the papers' table")
-    p.add_argument("--dataset", required=True, help="tfds benchmark (logo_groups/small, metu_trademark) or "
-                   "folder:PATH, a labelled folder (PATH/queries/<group>/<image>, PATH/gallery/**)")
+    p.add_argument("--dataset", required=True, help="tfds benchmark (logo_groups/small, metu_trademark, "
+                   "revisited_landmarks/roxford5k, revisited_landmarks/rparis6k) or folder:PATH, a labelled folder "
+                   "(PATH/queries/<group>/<image>, PATH/gallery/**)")
     p.add_argument("--pipelines", required=True, help="comma-separated config names, e.g. mac,rmac,mr_rsmac_ura")
     p.add_argument("--weights", action="append", metavar="DIR",
                    help="converted backbone directory; repeat for one per architecture (e.g. a ResNet50 and a "
@@ -351,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-distractors", type=int, help="evaluate against N distractors: a seeded subset of a "
                    "tfds gallery, the first N in sorted order of a folder's (so subsets are nested)")
     p.add_argument("--fit-images", type=int, help="gallery marks sampled to fit PCA-w/URA (default: config)")
-    p.add_argument("--protocol", default="metu-official", choices=["metu-official", "hu2024"])
+    p.add_argument("--protocol", choices=["metu-official", "hu2024", "revisited"],
+                   help="default: the benchmark's (metu-official for group benchmarks, revisited for "
+                        "revisited_landmarks: Easy / Medium / Hard mAP and mP@k)")
     p.add_argument("--data-dir", help="tfds data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     p.add_argument("--out", default="runs/eval", help="results, cache and report directory")
     p.set_defaults(func=_cmd_eval)

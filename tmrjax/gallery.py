@@ -17,6 +17,7 @@ from .fileio import Record, WriterLock, file_sha256
 from .index import GalleryIndex
 from .index_kinds import INDEX_KINDS
 from .pipeline import Pipeline, PipelineError, config_from_record, weights_of
+from .rerank import augment_database, expand_queries
 from .runner import embed_stream
 from .vector_cache import VectorCache
 
@@ -97,6 +98,10 @@ def _index_locked(
     else:
         index = GalleryIndex.create(str(out), pipeline.dim, index_params(pipeline.config, kind), info,
                                     regions=pipeline.regions_per_image)
+    search = pipeline.config.search
+    if search.database_augmentation > 0 and not INDEX_KINDS[index.params["kind"]].keeps_vectors:
+        raise PipelineError(f"{out}: search.database_augmentation = {search.database_augmentation} needs the "
+                            f"vectors, which a {index.params['kind']!r} index does not keep; use --kind flat or hnsw")
 
     to_add, changed, unchanged = index.plan_update(str(root), paths)
     deleted = sorted(set(index.ids) - set(paths))  # files gone from the folder leave the index
@@ -123,6 +128,8 @@ def _index_locked(
             )
         _add_pending(index, root, pending)
     index.save()
+    if search.database_augmentation > 0 and len(index) and index.augmented(_dba_params(search)) is None:
+        index.save_augmented(_dba_params(search), augment_database(index.vectors(), search))
     if rebuild:
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -185,10 +192,35 @@ def search_images(
     answered = [n for n in names if n in vectors_of]
     vectors = (np.stack([vectors_of[n] for n in answered]) if answered
                else np.zeros((0, *pipeline.vector_shape), np.float32))
-    scores, ids = index.search(vectors, k, region_k)
+    search = pipeline.config.search
+    database = augmented_database(index, search)
+    if answered and len(index) and (search.query_expansion > 0 or search.database_augmentation > 0):
+        # A query that is itself indexed searches as its database row, as in `tmrjax eval`: with its
+        # augmented vector under DBA, and never one of its own expansion images.
+        own = index.rows_with_content([file_sha256(n) for n in answered])
+        if search.database_augmentation > 0:
+            vectors[own >= 0] = database.vectors()[own[own >= 0]]
+        if search.query_expansion > 0:
+            vectors = expand_queries(database.vectors(), own, search, query_vectors=vectors)
+    scores, ids = database.search(vectors, k, region_k)
     ranking_of = {n: list(zip(row_ids, map(float, row_scores)))
                   for n, row_ids, row_scores in zip(answered, ids, scores)}
     return pipeline, [ranking_of.get(n) for n in names]
+
+
+def _dba_params(search: ConfigDict) -> dict[str, Any]:
+    """The config fields that make an index's augmented database, as `GalleryIndex.augmented` compares them."""
+    return {"database_augmentation": int(search.database_augmentation), "dba_alpha": float(search.dba_alpha)}
+
+
+def augmented_database(index: GalleryIndex, search: ConfigDict) -> GalleryIndex:
+    """What a search under config section `search` ranks: the index itself, or with DBA its augmented
+    database, the one `index_folder` committed, else (missing, or stale after the index changed)
+    derived now from the indexed vectors."""
+    if search.database_augmentation <= 0 or not len(index):
+        return index
+    params = _dba_params(search)
+    return index.augmented(params) or index.with_vectors(augment_database(index.vectors(), search))
 
 
 def pipeline_of_index(index: GalleryIndex) -> Pipeline:

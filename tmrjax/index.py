@@ -20,6 +20,15 @@ On-disk layout of an index directory::
                                size, mtime_ns, label)
     delta.<gen>.<k>.npz        checkpoint k on top of generation <gen>: rows added since (with their
                                vectors), labels removed, refreshed size/mtime of unchanged files
+    augmented.<key>.faiss      optional: a faiss index of the same kind and ids over vectors derived
+                               from the whole set (database-side augmentation, `tmrjax.rerank`);
+                               meta.json's `augmented` names it with the parameters that made it and
+                               the sha256 of the labels it was derived from
+
+The indexed vectors are the truth; an augmented database is derived from all of them at once, so it
+is committed only beside the labels it came from (a label's vector never changes: a changed file
+gets a new label). A commit whose labels differ drops it, and `augmented` refuses one whose labels
+are not the index's: a search never sees augmented vectors of another set.
 
 Every file is written to a temporary name in the directory, fsynced and `os.replace`d into place;
 meta.json is replaced last, so a run killed at any point leaves the previous state readable. Files
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -72,7 +82,8 @@ PIPELINE_HASH_KEY = "vectors_hash"
 
 _NORM_TOLERANCE = 1e-3
 _INDEX_FILE, _TABLE_FILE, _DELTA_FILE = r"index\.\d{6,}\.faiss", r"table\.\d{6,}\.npz", r"delta\.\d{6,}\.\d{6,}\.npz"
-_DATA_FILE = f"({_INDEX_FILE}|{_TABLE_FILE}|{_DELTA_FILE})"
+_AUGMENTED_FILE = r"augmented\.[0-9a-f]{16}\.faiss"
+_DATA_FILE = f"({_INDEX_FILE}|{_TABLE_FILE}|{_DELTA_FILE}|{_AUGMENTED_FILE})"
 _SHA256 = r"[0-9a-f]{64}"
 # Upper bounds for fields of meta.json: far above any real index, low enough to refuse absurd values.
 _MAX_DIM = 1 << 16
@@ -206,6 +217,11 @@ def _checked_meta(record: Record, meta_path: str, version: int) -> dict:
     pipeline = record.record("pipeline")
     pipeline.str(PIPELINE_HASH_KEY)
     regions = record.int("regions", 1, _MAX_REGIONS) if "regions" in record.doc else 1
+    augmented = {}
+    if "augmented" in record.doc:
+        derived = record.record("augmented")
+        augmented = {**entry(derived), "params": derived.record("params").doc,
+                     "labels_sha256": derived.str("labels_sha256", _SHA256)}
     return {
         **record.doc,
         "format_version": FORMAT_VERSION,  # what the next commit writes
@@ -218,7 +234,25 @@ def _checked_meta(record: Record, meta_path: str, version: int) -> dict:
         "files": {"index": entry(files.record("index")), "table": entry(files.record("table"))},
         "deltas": [entry(d, delta=True) for d in record.records("deltas", _MAX_DELTAS)],
         "pipeline": pipeline.doc,
+        **({"augmented": augmented} if augmented else {}),
     }
+
+
+def _checked_file(folder: str, entry: dict, pattern: str, verify: bool) -> str:
+    """The path of a file meta.json names (`entry`), after checking its name, size and (with `verify`) sha256."""
+    meta_path = os.path.join(folder, META_NAME)
+    file = str(name_inside(folder, entry["name"], pattern, meta_path))
+    try:
+        size = os.path.getsize(file)
+    except FileNotFoundError as e:
+        raise StoredFileError(file, f"missing, but {meta_path} names it") from e
+    if size != entry["bytes"]:
+        raise StoredFileError(file, f"{size} bytes, but {meta_path} recorded {entry['bytes']}")
+    if "sha256" not in entry:  # format 1: hashed now, recorded at the next commit
+        entry["sha256"] = file_sha256(file)
+    elif verify:
+        file_digest_matches(file, entry["sha256"], meta_path)
+    return file
 
 
 def _read_faiss(path: str, kind: str) -> faiss.Index:
@@ -254,6 +288,9 @@ class GalleryIndex:
         self._mark_durable(base_count=len(rows))  # `rows` is the generation's table, before any delta
         self._kind = INDEX_KINDS[meta["index"]["kind"]]
         self._kind.set_search(index, meta["index"])
+        self._verify = True  # `open` sets what it was asked for; `augmented` reads its file the same way
+        self._dense: np.ndarray | None = None  # `vectors()`, read back from faiss once
+        self._derived = False  # an augmented view (`with_vectors`, `augmented`): searched, never saved
 
     def _mark_durable(self, base_count: int | None = None) -> None:
         """Everything in memory is now what meta.json describes; start tracking changes afresh."""
@@ -352,18 +389,7 @@ class GalleryIndex:
             raise StoredFileError(meta_path, f"index parameters: {e}") from None
 
         def checked(entry: dict, pattern: str) -> str:
-            file = str(name_inside(path, entry["name"], pattern, meta_path))
-            try:
-                size = os.path.getsize(file)
-            except FileNotFoundError as e:
-                raise StoredFileError(file, f"missing, but {meta_path} names it") from e
-            if size != entry["bytes"]:
-                raise StoredFileError(file, f"{size} bytes, but {meta_path} recorded {entry['bytes']}")
-            if "sha256" not in entry:  # format 1: hashed now, recorded at the next commit
-                entry["sha256"] = file_sha256(file)
-            elif verify:
-                file_digest_matches(file, entry["sha256"], meta_path)
-            return file
+            return _checked_file(path, entry, pattern, verify)
 
         index_file = checked(meta["files"]["index"], _INDEX_FILE)
         index = _read_faiss(index_file, meta["index"]["kind"])
@@ -390,6 +416,7 @@ class GalleryIndex:
             raise StoredFileError(meta_path, f"count {meta['count']}, but its files hold {len(gallery)} rows")
         gallery._next_label = int(meta["next_label"])
         gallery._mark_durable()
+        gallery._verify = verify
         return gallery
 
     def _apply_delta(self, z: dict[str, np.ndarray], path: str) -> None:
@@ -609,6 +636,7 @@ class GalleryIndex:
         else:
             self._index.add_with_ids(*self._present(vectors, rows.label))
         self._chunks.append(rows)
+        self._dense = None
         if self._label_of is not None:
             self._label_of.update(zip(rows.ids, rows.label.tolist()))
         self._next_label = max(self._next_label, int(rows.label[-1]) + 1)
@@ -638,6 +666,7 @@ class GalleryIndex:
             return
         ids = (labels[:, None] * self.regions + np.arange(self.regions)).ravel()
         removed = self._index.remove_ids(ids)
+        self._dense = None
         rows = self._table()
         keep = ~np.isin(rows.label, labels)
         if not labels.size <= removed <= ids.size or (self.regions == 1 and removed != labels.size) or \
@@ -687,11 +716,7 @@ class GalleryIndex:
         """Every stored region pair scored (`region_search.exact_search`); (scores, labels) (Q, k)."""
         from .region_search import RegionVectors, exact_search
 
-        ids = faiss.vector_to_array(self._index.id_map)
-        stored = self._index.index.reconstruct_n(0, self._index.ntotal)
-        database = np.zeros((len(rows), self.regions, self.dim), np.float32)
-        item = np.searchsorted(rows.label, ids // self.regions)
-        database[item, ids % self.regions] = stored
+        database = self.vectors()
         scores, items, _ = exact_search(RegionVectors(queries, np.any(queries != 0, axis=-1)),
                                         RegionVectors(database, np.any(database != 0, axis=-1)), k)
         return scores, np.where(np.isfinite(scores), rows.label[items], -1)
@@ -707,6 +732,90 @@ class GalleryIndex:
         owner = np.broadcast_to(np.nonzero(present)[0][:, None], found_ids.shape)[hit]
         scores, labels, _ = best_images(owner, found_ids[hit], found_scores[hit], len(queries), self.regions, k)
         return scores, labels
+
+    # ------------------------------------------------------------------------- augmented database
+
+    def vectors(self) -> np.ndarray:
+        """Every indexed vector in label order, (N, dim), or (N, R, dim) for a region index (absent regions
+        all zero): read back from faiss once, kept until the next `add` or `remove`."""
+        if not self._kind.keeps_vectors:
+            raise ValueError(
+                f"{self.path}: a {self._meta['index']['kind']!r} index keeps compressed codes, not the vectors that "
+                "query expansion and database-side augmentation (config `search`) read; index with --kind flat or "
+                "hnsw, or set search.query_expansion and search.database_augmentation to 0")
+        if self._dense is None:
+            if isinstance(self._index, faiss.IndexIDMap):
+                stored, ids = self._index.index, faiss.vector_to_array(self._index.id_map)
+            else:  # faiss numbers the vectors itself; with no removal its numbers are the labels
+                stored, ids = self._index, np.arange(self._index.ntotal, dtype=np.int64)
+            rows = self._table()
+            dense = np.zeros((len(rows), self.regions, self.dim), np.float32)
+            dense[np.searchsorted(rows.label, ids // self.regions), ids % self.regions] = \
+                stored.reconstruct_n(0, stored.ntotal)
+            self._dense = dense if self.regions > 1 else dense[:, 0]
+        return self._dense
+
+    def with_vectors(self, vectors: np.ndarray) -> GalleryIndex:
+        """This index over other vectors of the same items (`vectors()`'s shape and order; e.g. their DBA,
+        `tmrjax.rerank.augment_database`): same ids, kind, parameters and trained state, in memory, to
+        search and never to save."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        rows = self._table()
+        if vectors.shape != (len(rows), *self.vector_shape):
+            raise ValueError(f"with_vectors: vectors have shape {vectors.shape}, expected "
+                             f"{(len(rows), *self.vector_shape)} (one per indexed item, in label order)")
+        index = faiss.clone_index(self._index)
+        index.reset()
+        view = GalleryIndex(self.path, self._meta, index, _Rows.empty())
+        view._append(rows, vectors)
+        view._derived = True
+        return view
+
+    def augmented(self, params: dict) -> GalleryIndex | None:
+        """The committed augmented database (see `save_augmented`) as a view like `with_vectors`'s, if it
+        was made with `params` from the items indexed now; None otherwise."""
+        entry = self._meta.get("augmented")
+        if not entry or entry["params"] != params or entry["labels_sha256"] != self._labels_sha256():
+            return None
+        file = _checked_file(self.path, entry, _AUGMENTED_FILE, self._verify)
+        index = _read_faiss(file, self._meta["index"]["kind"])
+        ours = faiss.vector_to_array(self._index.id_map) if isinstance(self._index, faiss.IndexIDMap) else None
+        theirs = faiss.vector_to_array(index.id_map) if isinstance(index, faiss.IndexIDMap) else None
+        if index.d != self.dim or index.ntotal != self._index.ntotal or not np.array_equal(ours, theirs):
+            raise StoredFileError(file, f"holds {index.ntotal} vectors of dim {index.d} under other ids than "
+                                        f"the index's {self._index.ntotal} of dim {self.dim}")
+        view = GalleryIndex(self.path, self._meta, index, self._table())
+        view._derived = True
+        return view
+
+    def save_augmented(self, params: dict, vectors: np.ndarray) -> None:
+        """Commit `vectors`, derived from all of `vectors()` by `params` (e.g. DBA and its config fields),
+        as the index's augmented database; only on a committed state (after `save` or `checkpoint`)."""
+        if self._next_label != self._durable_next_label or self._removed:
+            raise RuntimeError(f"{self.path}: save() the index before deriving its augmented database")
+        view = self.with_vectors(vectors)
+        params = json.loads(json.dumps(params))
+        labels = self._labels_sha256()
+        name = f"augmented.{hashlib.sha256(json.dumps([params, labels]).encode()).hexdigest()[:16]}.faiss"
+        entry = self._write_file(name, lambda f: faiss.write_index(view._index, faiss.PyCallbackIOWriter(f.write)))
+        self._meta = {**self._meta, "augmented": {**entry, "params": params, "labels_sha256": labels}}
+        self._commit(generation=self._meta["generation"], files=self._meta["files"], deltas=self._meta["deltas"])
+
+    def rows_with_content(self, sha256s: Sequence[str]) -> np.ndarray:
+        """For each hex sha256, the row (label order, as in `vectors()`) of the first indexed item with
+        that content, or -1: a query that is itself indexed, found by its bytes. -> (len(sha256s),) int64."""
+        rows = self._table()
+        if not len(rows) or not len(sha256s):
+            return np.full(len(sha256s), -1, np.int64)
+        void = np.dtype((np.void, 32))
+        keys, first = np.unique(rows.sha256.view(void).ravel(), return_index=True)
+        wanted = np.frombuffer(bytes.fromhex("".join(sha256s)), np.uint8).reshape(-1, 32).view(void).ravel()
+        at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        return np.where(keys[at] == wanted, first[at], -1).astype(np.int64)
+
+    def _labels_sha256(self) -> str:
+        """Names the set of indexed vectors: a label's vector never changes (a changed file gets a new label)."""
+        return hashlib.sha256(self._table().label.astype("<i8").tobytes()).hexdigest()
 
     # ----------------------------------------------------------------------------------------- save
 
@@ -770,9 +879,17 @@ class GalleryIndex:
         return sum(d["rows"] for d in self._meta["deltas"]) + pending
 
     def _commit(self, generation: int, files: dict, deltas: list[dict]) -> None:
-        """Point meta.json at `files` + `deltas` (already written), then delete files it does not name."""
+        """Point meta.json at `files` + `deltas` (already written), then delete files it does not name.
+
+        The augmented database stays named only while the labels are the ones it was derived from."""
+        if self._derived:
+            raise RuntimeError(f"{self.path}: an augmented view of the index is searched, never saved")
+        augmented = self._meta.get("augmented")
+        if augmented and augmented["labels_sha256"] != self._labels_sha256():
+            augmented = None
         meta = {
-            **self._meta,
+            **{key: value for key, value in self._meta.items() if key != "augmented"},
+            **({"augmented": augmented} if augmented else {}),
             "count": len(self),
             "next_label": self._next_label,
             "updated": _now(),
@@ -787,7 +904,8 @@ class GalleryIndex:
         )
         fsync_dir(self.path)
         self._meta = meta
-        keep = {files["index"]["name"], files["table"]["name"], *(d["name"] for d in deltas)}
+        keep = {files["index"]["name"], files["table"]["name"], *(d["name"] for d in deltas),
+                *([augmented["name"]] if augmented else [])}
         for name in os.listdir(self.path):
             if _OWN_FILE.match(name) and name not in keep:
                 with contextlib.suppress(FileNotFoundError):

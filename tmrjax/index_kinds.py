@@ -44,7 +44,8 @@ class IndexKind:
     faiss index, `set_search(index, params)` sets search-time parameters on every create and open.
     `train_size(params)`: the vectors that training needs, for kinds that start untrained.
     `takes_ids`: faiss keeps our labels as its ids (`add_with_ids`, `remove_ids`); otherwise it
-    numbers vectors itself and cannot remove them.
+    numbers vectors itself and cannot remove them. `keeps_vectors`: faiss can give the vectors back
+    exactly (query expansion and database-side augmentation read them); ivfpq keeps PQ codes.
     """
 
     factory: str
@@ -55,6 +56,7 @@ class IndexKind:
     set_search: Callable[[Any, Mapping[str, int]], None] = _nothing
     train_size: Callable[[Mapping[str, int]], int] = _untrained
     takes_ids: bool = True
+    keeps_vectors: bool = True
 
     @property
     def defaults(self) -> dict[str, int]:
@@ -107,6 +109,7 @@ INDEX_KINDS: dict[str, IndexKind] = {
         configure=_configure_ivfpq,
         set_search=_search_ivfpq,
         train_size=_train_size_ivfpq,
+        keeps_vectors=False,
     ),
     "hnsw": IndexKind(
         factory="HNSW{M},Flat",

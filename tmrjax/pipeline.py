@@ -531,6 +531,27 @@ class Pipeline:
         """R of `Output.REGIONS`: the regions of every resolution (1 for `Output.IMAGE`)."""
         return sum(shape[1] for shape in self._descriptor_shapes) if self.output is Output.REGIONS else 1
 
+    @functools.cached_property
+    def whole_map_regions(self) -> tuple[int, ...]:
+        """Where `Output.REGIONS` vectors hold the whole feature map: one index into their R axis per resolution
+        (jeong2017's R_M, R-MAC's full-map region, the global region), found as the one region of a featureless
+        map (no salient points, so no candidate hulls) that is valid and covers every cell. A query cropped to
+        its object searches with these only (jeong2017 Sec. 5; `evaluation`)."""
+        tap, embed = self.config.backbone.tap, self.config.embed
+        found, offset = [], 0
+        for size, (_, count, _) in zip(self.resolutions, self._descriptor_shapes):
+            shape = jax.eval_shape(lambda x: self.module.apply(self.variables, x)[tap],
+                                   jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).shape
+            regions = REGIONS[embed.regions](jnp.zeros(shape, jnp.float32), embed)
+            covers = np.asarray(regions.as_masks(*shape[1:3])).reshape(count, -1).all(axis=1)
+            whole = np.flatnonzero(covers & np.asarray(regions.valid)[0])
+            if whole.size != 1:
+                raise PipelineError(f"{self.name}: regions={embed.regions!r} at {size} px has {whole.size} regions "
+                                    "covering the whole map; expected one")
+            found.append(offset + int(whole[0]))
+            offset += count
+        return tuple(found)
+
     def describe_text(self) -> str:
         e = self.config.embed
         regions = {"global": "global", "rmac": f"R-MAC L={e.region_levels}",

@@ -1,11 +1,14 @@
 """The page `tmrjax eval` leaves in out/report/: a summary of every pipeline, the backbone weights
-each one used, and top-10 contact sheets (tursun2021 Fig. 2) of one query per group."""
+each one used, and top-10 contact sheets (tursun2021 Fig. 2) of one query per group, or of every query of
+a revisited benchmark with its easy / hard / junk / negative marks (jeong2017 Fig. 2)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +26,30 @@ LABEL = 30  # two text lines under each thumbnail: rank and similarity, then the
 FONT_SIZE = 11
 SHEET_ROWS = 50  # queries per PNG: a benchmark with more groups gets several sheets per pipeline
 TOP = 10
-GREEN, RED, GREY = (0, 150, 60), (210, 40, 40), (120, 120, 120)
+GREEN, RED, GREY, BLUE = (0, 150, 60), (210, 40, 40), (120, 120, 120), (20, 90, 200)
 INK, MUTED = (20, 20, 20), (90, 90, 90)
+# A result's judgement -> (frame colour, frame width, whether it counts as relevant): group members, or the
+# revisited ground truth (easy and hard are the Medium setup's positives; junk is ignored by every setup).
+JUDGEMENTS: dict[str, tuple[tuple[int, int, int], int, bool]] = {
+    "relevant": (GREEN, 4, True), "not relevant": (RED, 1, False),
+    "easy": (GREEN, 4, True), "hard": (BLUE, 4, True), "junk": (GREY, 2, False), "negative": (RED, 1, False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleQuery:
+    """One row of a contact sheet: the query, its scores against every database row, and the judgement of the
+    database rows that are not negatives (`JUDGEMENTS`; the others get `otherwise`)."""
+
+    id: str
+    image: Callable[[], np.ndarray]
+    title: str  # the start of the query's tooltip, e.g. "query, group 3"
+    caption: str  # the first line under the query, e.g. "query   AP 0.53"
+    scores: np.ndarray  # (N,) float32
+    judged: Mapping[int, str]
+    otherwise: str
+    skip: int | None  # the query's own database row, never listed among its results
+    listed: dict  # the query's fields in top10.json
 
 
 def _e(value: object) -> str:
@@ -76,44 +101,73 @@ def _thumb(image: np.ndarray, border: tuple[int, int, int], width: int) -> Image
     return tile
 
 
-def contact_sheet(
-    benchmark, vectors: np.ndarray, evaluation: Evaluation, queries: list[int], relevant: list[set[int]],
-    top: int = TOP, query_vectors: np.ndarray | None = None,
-) -> tuple[Image.Image, list[dict]]:
-    """Rows: query then its top-`top` results (query excluded); relevant ones framed green.
+def group_samples(benchmark, vectors: np.ndarray, evaluation: Evaluation, num_queries: int | None = None,
+                  query_vectors: np.ndarray | None = None) -> list[SampleQuery]:
+    """The first query of each group (or of the first `num_queries` groups), relevant = the rest of its group.
 
-    Under each thumbnail: rank and cosine similarity (the query: its AP@k in `evaluation`),
-    then the end of the image id. `query_vectors`: what each of `evaluation.query_rows` searched
-    with, if not its database row (query expansion). Returns the sheet and, per query, its results
-    with full ids.
-    """
+    Under the query: its AP@k in `evaluation`. `query_vectors`: what each of `evaluation.query_rows` searched
+    with, if not its database row (query expansion)."""
+    groups = benchmark.groups
+    queries = sample_queries(groups, np.asarray(benchmark.query_rows), num_queries)
     position = {int(r): i for i, r in enumerate(evaluation.query_rows)}
-    searched = None if query_vectors is None else query_vectors[[position[int(q)] for q in queries]]
+    searched = None if query_vectors is None else query_vectors[[position[q] for q in queries]]
     scores = similarities(vectors, np.asarray(queries), query_vectors=searched)
     ap = f"ap_at_{evaluation.k}"
-    width, height = tile_origin(len(queries), top + 1)
+    samples = []
+    for q, row_scores in zip(queries, scores):
+        group, value = int(groups[q]), float(evaluation.ap_at_k_per_query[position[q]])
+        members = set(np.flatnonzero(groups == groups[q]).tolist()) - {q}
+        samples.append(SampleQuery(benchmark.id(q), functools.partial(benchmark.image, q), f"query, group {group}",
+                                   f"query   AP {value:.2f}", row_scores, dict.fromkeys(members, "relevant"),
+                                   "not relevant", q, {"query": benchmark.id(q), "group": group, ap: value}))
+    return samples
+
+
+def revisited_samples(benchmark, scores: np.ndarray, ap: np.ndarray,
+                      num_queries: int | None = None) -> list[SampleQuery]:
+    """Every query of a `RevisitedBenchmark` (or the first `num_queries`) with its easy / hard / junk database
+    rows; `scores` (Q, N) what it searched with against the database, `ap` (Q,) its Medium AP."""
+    samples = []
+    for q in range(benchmark.num_queries if num_queries is None else min(num_queries, benchmark.num_queries)):
+        truth = benchmark.ground_truth[q]
+        judged = {int(r): key for key in ("junk", "hard", "easy") for r in truth[key]}
+        query = benchmark.queries.ids[q]
+        samples.append(SampleQuery(query, functools.partial(benchmark.queries.load, q), f"query {q}",
+                                   f"query   AP {ap[q]:.2f}", scores[q], judged, "negative", None,
+                                   {"query": query, "medium_ap": float(ap[q])}))
+    return samples
+
+
+def contact_sheet(benchmark, samples: Sequence[SampleQuery], top: int = TOP) -> tuple[Image.Image, list[dict]]:
+    """Rows: query then its top-`top` database images (never the query's own row), framed by their judgement.
+
+    Under each thumbnail: rank and score (the query: its caption), then the end of the image id.
+    Returns the sheet and, per query, its results with full ids.
+    """
+    width, height = tile_origin(len(samples), top + 1)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=FONT_SIZE)
 
-    def tile(i: int, j: int, row: int, border, frame: int, first: str, colour) -> None:
+    def tile(i: int, j: int, image: np.ndarray, name: str, border, frame: int, first: str, colour) -> None:
         x, y = tile_origin(i, j)
-        sheet.paste(_thumb(benchmark.image(row), border, frame), (x, y))
+        sheet.paste(_thumb(image, border, frame), (x, y))
         draw.text((x + 1, y + THUMB + 2), shorten(first, draw, font, THUMB - 2), fill=colour, font=font)
-        draw.text((x + 1, y + THUMB + 16), shorten(benchmark.id(row), draw, font, THUMB - 2), fill=MUTED, font=font)
+        draw.text((x + 1, y + THUMB + 16), shorten(name, draw, font, THUMB - 2), fill=MUTED, font=font)
 
     rows = []
-    for i, (q, rel) in enumerate(zip(queries, relevant)):
-        listed = {"query": benchmark.id(q), "group": int(benchmark.groups[q]),
-                  ap: float(evaluation.ap_at_k_per_query[position[q]])}
-        tile(i, 0, q, GREY, 3, f"query   AP {listed[ap]:.2f}", INK)
-        order = [int(r) for r in np.argsort(-scores[i], kind="stable") if r != q][:top]
+    for i, sample in enumerate(samples):
+        tile(i, 0, sample.image(), sample.id, GREY, 3, sample.caption, INK)
+        order = [int(r) for r in np.argsort(-sample.scores, kind="stable") if r != sample.skip][:top]
         results = []
         for j, r in enumerate(order, start=1):
-            ok = r in rel
-            tile(i, j, r, GREEN if ok else RED, 4 if ok else 1, f"#{j}   {scores[i, r]:.3f}", GREEN if ok else INK)
-            results.append({"rank": j, "id": benchmark.id(r), "similarity": float(scores[i, r]), "relevant": ok})
-        rows.append({**listed, "results": results})
+            label = sample.judged.get(r, sample.otherwise)
+            border, frame, ok = JUDGEMENTS[label]
+            tile(i, j, benchmark.image(r), benchmark.id(r), border, frame, f"#{j}   {sample.scores[r]:.3f}",
+                 border if ok else INK)
+            results.append({"rank": j, "id": benchmark.id(r), "similarity": float(sample.scores[r]),
+                            "relevant": ok, "label": label})
+        rows.append({**sample.listed, "title": sample.title, "results": results})
     return sheet, rows
 
 
@@ -171,14 +225,14 @@ def _weights_html(weights: str) -> str:
 
 
 def _summary_html(rows: Sequence[Row], anchors: Sequence[str]) -> str:
-    head = ("<tr><th>Method</th><th>paper row</th><th class='num'>DIM</th><th class='num'>NAR &darr;</th>"
-            "<th class='num'>MAP@100 (%)</th><th class='num'>MAP (%)</th><th>protocol</th>"
-            "<th>backbone weights</th></tr>")
+    """The results table: method, paper row, each row's `cells` (DIM and its scores), protocol, weights."""
+    numbers = "".join(f"<th class='num'>{_e(h)}</th>" for h, _ in rows[0].cells())
+    head = f"<tr><th>Method</th><th>paper row</th>{numbers}<th>protocol</th><th>backbone weights</th></tr>"
     body = "".join(
         f"<tr class='{'random' if is_random_init(r.weights) else 'trained'}'>"
-        f"<td><a href='#{_e(a)}'>{_e(r.method)}</a></td><td>{_e(r.paper_row)}</td><td class='num'>{_e(r.dim)}</td>"
-        f"<td class='num'>{r.nar:.4f}</td><td class='num'>{100 * r.map_at_100:.2f}</td>"
-        f"<td class='num'>{100 * r.map:.2f}</td><td>{_e(r.protocol)}</td><td>{_weights_html(r.weights)}</td></tr>"
+        f"<td><a href='#{_e(a)}'>{_e(r.method)}</a></td><td>{_e(r.paper_row)}</td>"
+        + "".join(f"<td class='num'>{_e(v)}</td>" for _, v in r.cells())
+        + f"<td>{_e(r.protocol)}</td><td>{_weights_html(r.weights)}</td></tr>"
         for r, a in zip(rows, anchors)
     )
     return f"<table class='summary'>{head}{body}</table>"
@@ -193,18 +247,15 @@ def _random_init_html(rows: Sequence[Row]) -> str:
             "Their scores and rankings measure an untrained network, not the papers' methods.</div>")
 
 
-def _legend_html(shown: int, total_groups: int, sheets: int, k: int) -> str:
-    which = (f"one query per group for all {total_groups} groups of the benchmark" if shown == total_groups else
-             f"one query per group for {shown} of the benchmark's {total_groups} groups (the first {shown})")
+def _legend_html(which: str, sheets: int, marks: str, caption: str) -> str:
     split = f" Each pipeline's rows are split into {sheets} sheets of up to {SHEET_ROWS}." if sheets > 1 else ""
     return (
         "<div class='legend'>"
-        f"<p><strong>Contact sheets</strong>: {_e(which)}, its first query.{_e(split)} Each row: the query "
+        f"<p><strong>Contact sheets</strong>: {_e(which)}.{_e(split)} Each row: the query "
         f"(grey frame, leftmost), then its {TOP} nearest database images, the query itself excluded.</p>"
-        "<p>Green frame: a member of the query's group (<span class='green'>relevant</span>); thin red frame: "
-        "<span class='red'>not relevant</span>.</p>"
+        f"<p>{marks}</p>"
         "<p>Under each result: its rank and cosine similarity, then the end of its image id; under the query: "
-        f"its AP@{_e(k)}. Hover a thumbnail for the full id; top10.json lists them all.</p></div>"
+        f"{_e(caption)}. Hover a thumbnail for the full id; top10.json lists them all.</p></div>"
     )
 
 
@@ -212,9 +263,9 @@ def _sheet_html(src: str, size: tuple[int, int], listed: list[dict], caption: st
     """The sheet PNG with one transparent box per thumbnail whose tooltip is its full id."""
     boxes = []
     for i, entry in enumerate(listed):
-        tips = [f"query, group {entry['group']}: {entry['query']}"]
-        tips += [f"rank {r['rank']}, similarity {r['similarity']:.3f}, "
-                 f"{'relevant' if r['relevant'] else 'not relevant'}: {r['id']}" for r in entry["results"]]
+        tips = [f"{entry['title']}: {entry['query']}"]
+        tips += [f"rank {r['rank']}, similarity {r['similarity']:.3f}, {r['label']}: {r['id']}"
+                 for r in entry["results"]]
         for j, tip in enumerate(tips):
             x, y = tile_origin(i, j)
             boxes.append(f"<span style='left:{x}px;top:{y}px;width:{THUMB}px;height:{THUMB + LABEL}px' "
@@ -239,7 +290,8 @@ def write_report(
     num_queries: int | None = None,
     query_vectors: Mapping[str, np.ndarray | None] | None = None,
 ) -> Path:
-    """index.html, the contact-sheet PNGs and top10.json under `out_dir`; returns the HTML path.
+    """The report of a group benchmark (`data.sources.Benchmark`): index.html, the contact-sheet PNGs and
+    top10.json under `out_dir`; returns the HTML path.
 
     `rows`: the results table (`run_eval`'s), in its order: the page begins with it and gives
     each pipeline a section naming its backbone weights. `vectors` and `evaluations` are keyed by
@@ -247,60 +299,98 @@ def write_report(
     `query_vectors`: per method, what its queries searched with when not their database rows
     (`metrics.evaluate`'s `query_vectors`).
     """
-    if not rows:
-        raise ValueError("write_report: no pipelines (rows is empty)")
     missing = [r.method for r in rows if r.method not in vectors or r.method not in evaluations]
     if missing:
         raise ValueError(f"write_report: no vectors or evaluation for {missing} (vectors: {sorted(vectors)}, "
                          f"evaluations: {sorted(evaluations)})")
+    _check_report(rows, num_queries)
+    groups, query_rows = benchmark.groups, np.asarray(benchmark.query_rows)
+    total = len(set(groups[query_rows].tolist()))
+    samples = {r.method: group_samples(benchmark, vectors[r.method], evaluations[r.method], num_queries,
+                                       (query_vectors or {}).get(r.method)) for r in rows}
+    shown = len(samples[rows[0].method])
+    which = (f"one query per group for all {total} groups of the benchmark, its first query" if shown == total else
+             f"one query per group for {shown} of the benchmark's {total} groups (the first {shown}), its first query")
+    marks = ("Green frame: a member of the query's group (<span class='green'>relevant</span>); thin red frame: "
+             "<span class='red'>not relevant</span>.")
+    meta = f"{len(query_rows)} queries in {total} groups + {int((groups < 0).sum())} distractors"
+    return write_page(out_dir, benchmark, samples, rows, meta, which, marks,
+                      f"its AP@{evaluations[rows[0].method].k}", "Groups")
+
+
+def write_revisited_report(
+    out_dir: str | Path,
+    benchmark,
+    scores: Mapping[str, np.ndarray],
+    medium_ap: Mapping[str, np.ndarray],
+    rows: Sequence[Row],
+    num_queries: int | None = None,
+) -> Path:
+    """The report of a `data.sources.RevisitedBenchmark`, as `write_report`: every query (or the first
+    `num_queries`) with its top 10 marked by the ground truth; `scores` (Q, N) of what each method's queries
+    searched with against the database, `medium_ap` (Q,) their Medium AP, keyed by `Row.method`."""
+    missing = [r.method for r in rows if r.method not in scores or r.method not in medium_ap]
+    if missing:
+        raise ValueError(f"write_revisited_report: no scores or AP for {missing}")
+    _check_report(rows, num_queries)
+    samples = {r.method: revisited_samples(benchmark, scores[r.method], medium_ap[r.method], num_queries)
+               for r in rows}
+    shown = len(samples[rows[0].method])
+    which = (f"all {shown} queries" if shown == benchmark.num_queries else
+             f"the first {shown} of the {benchmark.num_queries} queries") + ", each cropped to its box"
+    marks = ("Green frame: <span class='green'>easy</span>; blue frame: hard (both positives of the Medium "
+             "setup); grey frame: junk, ignored by every setup; thin red frame: <span class='red'>negative</span>.")
+    return write_page(out_dir, benchmark, samples, rows, benchmark.describe(), which, marks, "its Medium AP",
+                      "Queries")
+
+
+def _check_report(rows: Sequence[Row], num_queries: int | None) -> None:
+    if not rows:
+        raise ValueError("write_report: no pipelines (rows is empty)")
     if num_queries is not None and num_queries < 1:
         raise ValueError(f"write_report: num_queries={num_queries}; expected a positive count or None (all groups)")
+
+
+def write_page(out_dir: str | Path, benchmark, samples: Mapping[str, Sequence[SampleQuery]], rows: Sequence[Row],
+               meta: str, which: str, marks: str, caption: str, noun: str) -> Path:
+    """index.html (summary, legend, one section per row), the contact-sheet PNGs and top10.json of the
+    `samples` of each row's method; `benchmark` gives the database images and ids."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    groups = benchmark.groups
-    query_rows = np.asarray(benchmark.query_rows)
-    total_groups = len(set(groups[query_rows].tolist()))
-    queries = sample_queries(groups, query_rows, num_queries)
-    relevant = [set(np.flatnonzero(groups == groups[q]).tolist()) - {q} for q in queries]
-    parts = [slice(start, start + SHEET_ROWS) for start in range(0, len(queries), SHEET_ROWS)]
+    count = len(samples[rows[0].method])
+    parts = [slice(start, start + SHEET_ROWS) for start in range(0, count, SHEET_ROWS)]
     anchors = [_file_stem(i, r.method) for i, r in enumerate(rows, start=1)]
 
     sections, listing = [], {}
     for row, stem in zip(rows, anchors):
-        evaluation = evaluations[row.method]
         listing[row.method], sheets = [], []
         for n, part in enumerate(parts, start=1):
-            sheet, listed = contact_sheet(benchmark, vectors[row.method], evaluation, queries[part], relevant[part],
-                                          query_vectors=(query_vectors or {}).get(row.method))
+            sheet, listed = contact_sheet(benchmark, samples[row.method][part])
             png = out / (f"{stem}.png" if len(parts) == 1 else f"{stem}-{n}.png")
             sheet.save(png)
             listing[row.method] += listed
             first, last = part.start + 1, part.start + len(listed)
-            caption = f"{row.method}: top-{TOP} of sample queries {first}-{last} of {len(queries)}"
-            heading = f"<p class='part'>Groups {first}&ndash;{last} of {len(queries)}</p>" if len(parts) > 1 else ""
-            sheets.append(heading + _sheet_html(png.name, sheet.size, listed, caption))
+            alt = f"{row.method}: top-{TOP} of sample queries {first}-{last} of {count}"
+            heading = f"<p class='part'>{noun} {first}&ndash;{last} of {count}</p>" if len(parts) > 1 else ""
+            sheets.append(heading + _sheet_html(png.name, sheet.size, listed, alt))
         warning = ("<div class='warn'><strong>Random initialisation.</strong> This pipeline's backbone has no "
                    f"trained weights (<code>{_e(row.weights)}</code>): its scores and rankings measure an "
                    "untrained network, not the method.</div>") if is_random_init(row.weights) else ""
+        scores = " &middot; ".join(f"{_e(h)} {_e(v)}" for h, v in row.cells())
         sections.append(
             f"<section id='{_e(stem)}'><h2>{_e(row.method)}<span class='paper'>{_e(row.paper_row)}</span></h2>"
             f"<p>Backbone weights: {_weights_html(row.weights)}</p>{warning}"
-            f"<p class='scores'>DIM {_e(row.dim)} &middot; NAR {row.nar:.4f} (lower is better) &middot; "
-            f"MAP@100 {100 * row.map_at_100:.2f} % &middot; MAP {100 * row.map:.2f} % &middot; "
-            f"protocol {_e(row.protocol)}</p>" + "".join(sheets) + "</section>"
+            f"<p class='scores'>{scores} &middot; protocol {_e(row.protocol)}</p>" + "".join(sheets) + "</section>"
         )
     (out / "top10.json").write_text(json.dumps(listing, indent=2) + "\n")
 
-    num_distractors = int((groups < 0).sum())
-    k = evaluations[rows[0].method].k
     page = (
         "<!doctype html><html lang='en'><meta charset='utf-8'>"
         f"<title>{_e(benchmark.name)}: tmrjax retrieval report</title><style>{_STYLE}</style>"
         f"<h1>{_e(benchmark.name)}: retrieval report</h1>"
-        f"<p class='meta'>{len(query_rows)} queries in {total_groups} groups + {num_distractors} distractors; "
-        f"{len(rows)} pipelines.</p>" + _files_html(out) + _random_init_html(rows)
+        f"<p class='meta'>{_e(meta)}; {len(rows)} pipelines.</p>" + _files_html(out) + _random_init_html(rows)
         + "<h2>Summary</h2>" + _summary_html(rows, anchors)
-        + _legend_html(len(queries), total_groups, len(parts), k) + "".join(sections) + "</html>\n"
+        + _legend_html(which, len(parts), marks, caption) + "".join(sections) + "</html>\n"
     )
     path = out / "index.html"
     path.write_text(page)

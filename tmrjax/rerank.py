@@ -25,13 +25,16 @@ from ml_collections import ConfigDict
 from .kernels import expansion, matching
 from .metrics import similarities
 
+# Database rows whose DBA neighbour lists are found at once: a (rows, N) score matrix at a time.
+_DBA_ROWS_PER_STEP = 1024
 
-def _top(scores: np.ndarray, n: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+
+def _top(scores: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The n best columns of each row of `scores` (ties: lower index first), without row i's column
-    exclude[i]: (indices (Q, n) int64, their scores)."""
+    exclude[i] (none where it is -1): (indices (Q, n) int64, their scores)."""
     scores = scores.copy()
-    if exclude is not None:
-        scores[np.arange(len(scores)), exclude] = -np.inf
+    own = np.flatnonzero(exclude >= 0)
+    scores[own, exclude[own]] = -np.inf
     n = min(n, scores.shape[1])
     order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :n]
     return order, np.take_along_axis(scores, order, axis=1)
@@ -54,7 +57,9 @@ def augment_database(database: np.ndarray, search: ConfigDict) -> np.ndarray:
     if n <= 0:
         return database
     rows = np.arange(len(database))
-    others, scores = _top(similarities(database, rows), n, exclude=rows)
+    lists = [_top(similarities(database, step), n, exclude=step)
+             for step in np.array_split(rows, max(1, -(-len(rows) // _DBA_ROWS_PER_STEP)))]
+    others, scores = (np.concatenate(parts) for parts in zip(*lists))
     neighbours = np.concatenate([rows[:, None], others], axis=1)  # each list starts with the image itself
     if database.ndim == 2:
         scores = np.concatenate([np.ones((len(rows), 1), np.float32), scores], axis=1)
@@ -64,15 +69,22 @@ def augment_database(database: np.ndarray, search: ConfigDict) -> np.ndarray:
     return np.where(present[..., None], out, 0.0).astype(np.float32)
 
 
-def expand_queries(database: np.ndarray, query_rows: np.ndarray, search: ConfigDict) -> np.ndarray | None:
+def expand_queries(database: np.ndarray, query_rows: np.ndarray, search: ConfigDict,
+                   query_vectors: np.ndarray | None = None) -> np.ndarray | None:
     """The vectors the queries search with after query expansion ((Q, D), or (Q, 1, D) for region
-    vectors: Eq. 8's one-region query), or None when ``search.query_expansion`` is 0."""
+    vectors: Eq. 8's one-region query), or None when ``search.query_expansion`` is 0.
+
+    query_rows (Q,): each query's own database row, never one of its expansion images; -1 for a query
+    that is not in the database (a folder search's new image). query_vectors: what the queries search
+    with first ((Q, D) or (Q, M, D)), given when some are not database rows; else database[query_rows].
+    """
     n = search.query_expansion
     if n <= 0:
         return None
-    query_rows = np.asarray(query_rows)
-    neighbours, scores = _top(similarities(database, query_rows), n, exclude=query_rows)
-    queries = database[query_rows]
+    query_rows = np.asarray(query_rows, np.int64)
+    queries = database[query_rows] if query_vectors is None else np.asarray(query_vectors, np.float32)
+    neighbours, scores = _top(similarities(database, np.maximum(query_rows, 0), query_vectors=queries), n,
+                              exclude=query_rows)
     if database.ndim == 2:
         return np.asarray(expansion.average_query_expansion(queries, database, neighbours, scores, search.qe_alpha))
     best = _best_regions(queries, database, neighbours)
@@ -80,3 +92,15 @@ def expand_queries(database: np.ndarray, query_rows: np.ndarray, search: ConfigD
                                                   jnp.asarray(best[i][None]), n)
                 for i in range(len(query_rows))]
     return np.asarray(jnp.concatenate(expanded))[:, None, :].astype(np.float32)
+
+
+def describe(search: ConfigDict, regions: bool) -> str:
+    """What `augment_database` and `expand_queries` apply for ``search``, in a few words, e.g.
+    ``DBA n=5 alpha=3, alpha-QE n=10 alpha=3``; ``none`` when neither; `regions`: a region database."""
+    steps = []
+    if search.database_augmentation > 0:
+        steps.append(f"{'regional ' if regions else ''}DBA n={search.database_augmentation} alpha={search.dba_alpha:g}")
+    if search.query_expansion > 0:
+        steps.append(f"regional QE n={search.query_expansion} (jeong2017 Eq. 8)" if regions else
+                     f"alpha-QE n={search.query_expansion} alpha={search.qe_alpha:g}")
+    return ", ".join(steps) or "none"

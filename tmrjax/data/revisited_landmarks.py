@@ -526,6 +526,28 @@ class RevisitedLandmarks(tfds.core.GeneratorBasedBuilder):
         log.info("revisited_landmarks/%s: %s written", files.spec.name, split)
 
 
+def build_revisited(
+    config: str, data_dir: str | os.PathLike | None = None, manual_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+) -> pathlib.Path:
+    """Build `revisited_landmarks/<config>` into `data_dir` (tfds' default when None) from the official files in
+    `manual_dir` (default <data_dir>/downloads/manual/) unless already built; returns its folder."""
+    builder = RevisitedLandmarks(config=config, data_dir=data_dir, num_workers=num_workers)
+    manual = None if manual_dir is None else os.fspath(manual_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    return pathlib.Path(builder.data_dir)
+
+
+def prepare_hint(config: str, data_dir: str) -> str:
+    """What to download, where to put it and how to build `revisited_landmarks/<config>` into `data_dir`: the
+    message of a `tmrjax eval --dataset revisited_landmarks/<config>` that finds no prepared dataset."""
+    return (
+        f"{_instructions(get_spec(config))}\nThen build it once with `python -c \"from tmrjax.data.revisited_landmarks "
+        f"import build_revisited; build_revisited('{config}', '{data_dir}', manual_dir='DIR')\"` (manual_dir: "
+        f"the folder holding those files; default {data_dir}/downloads/manual/)."
+    )
+
+
 _CITATION = """\
 @inproceedings{radenovic2018revisiting,
   title={Revisiting {O}xford and {P}aris: Large-Scale Image Retrieval Benchmarking},

@@ -7,10 +7,12 @@ what cannot be read. Sources are named by one string syntax, parsed by `open_sou
     PATH                      a folder, walked recursively (ids: relative paths)
     tfds:NAME[/CONFIG]:SPLIT  a prepared tfds split, or several joined by '+' (ids: the records' id)
 
-and benchmarks (queries with groups + distractors) by `open_benchmark`:
+and benchmarks by `open_benchmark`: queries with groups + distractors (`Benchmark`), or a database and
+query crops with easy / hard / junk ground truth (`RevisitedBenchmark`):
 
-    folder:PATH               a labelled folder benchmark (`FolderBenchmark` says the layout)
-    [tfds:]NAME[/CONFIG]      a tfds benchmark with splits `queries` and `gallery`
+    folder:PATH                 a labelled folder benchmark (`FolderBenchmark` says the layout)
+    revisited_landmarks/CONFIG  Revisited Oxford5k / Paris6k (roxford5k, rparis6k): splits `database`, `queries`
+    [tfds:]NAME[/CONFIG]        a tfds benchmark with splits `queries` and `gallery`
 """
 
 from __future__ import annotations
@@ -311,6 +313,11 @@ class Benchmark:
         return len(self.database)
 
     @property
+    def images(self) -> ImageSource:
+        """Every image to embed, in order: the database (the queries are in it)."""
+        return self.database
+
+    @property
     def num_distractors(self) -> int:
         return len(self) - self.num_queries
 
@@ -337,6 +344,61 @@ class Benchmark:
     def describe(self) -> str:
         groups = len(set(self.groups[: self.num_queries].tolist()))
         return f"{self.name}: {self.num_queries} queries in {groups} groups + {self.num_distractors} distractors"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RevisitedBenchmark:
+    """A database and query crops that are not in it, each query with the database indices of its `easy`,
+    `hard` and `junk` images (Revisited Oxford / Paris, `data.revisited_landmarks`; scored by `tmrjax.revisited`).
+    The queries are cropped to their object's box, so a region pipeline queries with the whole crop only
+    (jeong2017 Sec. 5: R_M). Fitting reads `gallery()`, the database only."""
+
+    name: str
+    database: ImageSource
+    queries: ImageSource
+    ground_truth: tuple[dict[str, np.ndarray], ...]  # per query: easy, hard, junk (int64 database indices)
+
+    def __post_init__(self) -> None:
+        if len(self.ground_truth) != len(self.queries):
+            raise ValueError(f"{self.name}: {len(self.ground_truth)} ground-truth entries for "
+                             f"{len(self.queries)} queries")
+
+    @classmethod
+    def from_records(cls, name: str, database: Sequence[dict], queries: Sequence[dict],
+                     database_fields: Sequence[dict] | None = None,
+                     queries_fields: Sequence[dict] | None = None) -> RevisitedBenchmark:
+        """Record sequences (tfds splits or lists of dicts) of the database and of the queries, whose records
+        carry ``easy``, ``hard`` and ``junk``."""
+        fields = queries_fields if queries_fields is not None else queries
+        truth = tuple({key: np.asarray(fields[i][key], np.int64).reshape(-1) for key in ("easy", "hard", "junk")}
+                      for i in range(len(fields)))
+        return cls(name, RecordSource(database, f"{name}:database", database_fields),
+                   RecordSource(queries, f"{name}:queries", queries_fields), truth)
+
+    def __len__(self) -> int:
+        return len(self.database)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.queries)
+
+    @property
+    def images(self) -> ImageSource:
+        """Every image to embed, in order: the database, then the queries (rows len(self) on)."""
+        return ConcatSource([self.database, self.queries], self.name)
+
+    def id(self, row: int) -> str:
+        return self.database.ids[row]
+
+    def image(self, row: int) -> np.ndarray:
+        return self.database.load(row)
+
+    def gallery(self) -> ImageSource:
+        """The database (what PCA-w and codebooks are fitted on; never the queries)."""
+        return self.database
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.num_queries} cropped queries, not in the database of {len(self)} images"
 
 
 class FolderBenchmark:
@@ -410,16 +472,28 @@ class FolderBenchmark:
         return members, [p for p in present if p not in seen], unreadable
 
 
+REVISITED = "revisited_landmarks"
+
+
 def open_benchmark(
     spec: str, max_distractors: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0
-) -> Benchmark:
-    """``folder:PATH`` (`FolderBenchmark`) or ``[tfds:]NAME[/CONFIG]``, a tfds benchmark with splits
-    ``queries`` and ``gallery``; for tfds, `max_distractors` keeps a seeded random subset of the gallery."""
+) -> Benchmark | RevisitedBenchmark:
+    """``folder:PATH`` (`FolderBenchmark`), ``revisited_landmarks/CONFIG`` (`RevisitedBenchmark`, the whole
+    database: `max_distractors` must be None) or ``[tfds:]NAME[/CONFIG]``, a tfds benchmark with splits
+    ``queries`` and ``gallery``; for those, `max_distractors` keeps a seeded random subset of the gallery."""
     if spec.startswith(FOLDER_PREFIX):
         return FolderBenchmark.open(spec[len(FOLDER_PREFIX):], max_distractors)
     from .tfds_source import open_split
 
     name = spec[len(TFDS_PREFIX):] if spec.startswith(TFDS_PREFIX) else spec
+    if name.partition("/")[0] == REVISITED:
+        if max_distractors is not None:
+            raise ValueError(f"{name}: max_distractors={max_distractors}, but the revisited protocol's ground truth "
+                             "indexes the whole database; leave it unset")
+        return RevisitedBenchmark.from_records(
+            name, open_split(f"{name}:database", data_dir), open_split(f"{name}:queries", data_dir),
+            database_fields=open_split(f"{name}:database", data_dir, images=False),
+            queries_fields=open_split(f"{name}:queries", data_dir, images=False))
     gallery = open_split(f"{name}:gallery", data_dir)
     rows = np.arange(len(gallery))
     if max_distractors is not None and max_distractors < len(gallery):

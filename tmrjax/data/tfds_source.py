@@ -25,7 +25,7 @@ def open_split(spec: str, data_dir: str | os.PathLike | None = None, images: boo
     """
     import tensorflow_datasets as tfds
 
-    from . import logo_groups, metu_trademark  # noqa: F401  (registers the builders with tfds)
+    from . import logo_groups, metu_trademark, revisited_landmarks  # noqa: F401  (registers the builders with tfds)
 
     name, split = parse_spec(spec)
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
@@ -34,10 +34,12 @@ def open_split(spec: str, data_dir: str | os.PathLike | None = None, images: boo
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except (AssertionError, KeyError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
         where = data_dir or "~/tensorflow_datasets"
-        hint = (
-            "build it with `python -c \"from tmrjax.data.logo_groups import build_logo_groups; "
-            f"build_logo_groups('{name.partition('/')[2] or 'small'}', '{where}')\"` (after scripts/setup_logobench.sh)"
-            if name.startswith("logo_groups")
-            else "see the dataset's builder for how to prepare it"
-        )
+        if name.startswith("logo_groups"):
+            hint = ("build it with `python -c \"from tmrjax.data.logo_groups import build_logo_groups; "
+                    f"build_logo_groups('{name.partition('/')[2] or 'small'}', '{where}')\"` (after "
+                    "scripts/setup_logobench.sh)")
+        elif name.partition("/")[0] == "revisited_landmarks" and name.partition("/")[2] in revisited_landmarks.DATASETS:
+            hint = revisited_landmarks.prepare_hint(name.partition("/")[2], str(where))
+        else:
+            hint = "see the dataset's builder for how to prepare it"
         raise FileNotFoundError(f"tfds dataset {name}:{split} is not prepared in {where}: {hint} ({e})") from None
