@@ -247,12 +247,12 @@ def _random_init_html(rows: Sequence[Row]) -> str:
             "Their scores and rankings measure an untrained network, not the papers' methods.</div>")
 
 
-def _legend_html(which: str, sheets: int, marks: str, caption: str) -> str:
+def _legend_html(which: str, sheets: int, marks: str, caption: str, excluded: str) -> str:
     split = f" Each pipeline's rows are split into {sheets} sheets of up to {SHEET_ROWS}." if sheets > 1 else ""
     return (
         "<div class='legend'>"
         f"<p><strong>Contact sheets</strong>: {_e(which)}.{_e(split)} Each row: the query "
-        f"(grey frame, leftmost), then its {TOP} nearest database images, the query itself excluded.</p>"
+        f"(grey frame, leftmost), then its {TOP} nearest database images{_e(excluded)}.</p>"
         f"<p>{marks}</p>"
         "<p>Under each result: its rank and cosine similarity, then the end of its image id; under the query: "
         f"{_e(caption)}. Hover a thumbnail for the full id; top10.json lists them all.</p></div>"
@@ -315,7 +315,7 @@ def write_report(
              "<span class='red'>not relevant</span>.")
     meta = f"{len(query_rows)} queries in {total} groups + {int((groups < 0).sum())} distractors"
     return write_page(out_dir, benchmark, samples, rows, meta, which, marks,
-                      f"its AP@{evaluations[rows[0].method].k}", "Groups")
+                      f"its AP@{evaluations[rows[0].method].k}", "Groups", ", the query itself excluded")
 
 
 def write_revisited_report(
@@ -341,7 +341,7 @@ def write_revisited_report(
     marks = ("Green frame: <span class='green'>easy</span>; blue frame: hard (both positives of the Medium "
              "setup); grey frame: junk, ignored by every setup; thin red frame: <span class='red'>negative</span>.")
     return write_page(out_dir, benchmark, samples, rows, benchmark.describe(), which, marks, "its Medium AP",
-                      "Queries")
+                      "Queries", " (a cropped query is not in the database)")
 
 
 def _check_report(rows: Sequence[Row], num_queries: int | None) -> None:
@@ -352,9 +352,10 @@ def _check_report(rows: Sequence[Row], num_queries: int | None) -> None:
 
 
 def write_page(out_dir: str | Path, benchmark, samples: Mapping[str, Sequence[SampleQuery]], rows: Sequence[Row],
-               meta: str, which: str, marks: str, caption: str, noun: str) -> Path:
+               meta: str, which: str, marks: str, caption: str, noun: str, excluded: str) -> Path:
     """index.html (summary, legend, one section per row), the contact-sheet PNGs and top10.json of the
-    `samples` of each row's method; `benchmark` gives the database images and ids."""
+    `samples` of each row's method; `benchmark` gives the database images and ids; `excluded` ends the
+    legend's sentence on what the nearest database images leave out."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     count = len(samples[rows[0].method])
@@ -390,7 +391,7 @@ def write_page(out_dir: str | Path, benchmark, samples: Mapping[str, Sequence[Sa
         f"<h1>{_e(benchmark.name)}: retrieval report</h1>"
         f"<p class='meta'>{_e(meta)}; {len(rows)} pipelines.</p>" + _files_html(out) + _random_init_html(rows)
         + "<h2>Summary</h2>" + _summary_html(rows, anchors)
-        + _legend_html(which, len(parts), marks, caption) + "".join(sections) + "</html>\n"
+        + _legend_html(which, len(parts), marks, caption, excluded) + "".join(sections) + "</html>\n"
     )
     path = out / "index.html"
     path.write_text(page)
