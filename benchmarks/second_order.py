@@ -84,7 +84,7 @@ def bench(name: str, shape, batch: int, args, load) -> dict:
     device_arts = {k: jnp.asarray(v) for k, v in arts.items()}
     ours = jax.jit(lambda f, a: (lambda raw_valid: (postprocess(raw_valid[0], a), raw_valid[1]))(describe(f, embed, a)))
     x = jnp.asarray(features)
-    found = REGIONS["candidates"](x, embed)
+    found = REGIONS["candidates"](x, embed, None)  # alpha peaks: no detected points
     masks, valid = np.asarray(found.masks), np.asarray(found.valid)
     alpha = np.asarray(aggregation.spatial_weights(x))
     t = {k: torch.from_numpy(v) for k, v in dict(features=features, masks=masks, alpha=alpha, **arts).items()}

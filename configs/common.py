@@ -30,7 +30,12 @@ def retrieval_config() -> ConfigDict:
     c.embed.regions = "global"  # global (the whole map) | rmac (the R-MAC grid) | candidates (jeong2017 hulls)
     c.embed.region_levels = 0  # rmac: the grid's levels 1..L; 0 for the other regions
     c.embed.include_full_map = False  # rmac: add the whole map as an extra region (cirtorch) or not (tursun2021)
-    c.embed.candidate_points = 300  # candidates: salient points (strongest local maxima of jeong2017 Eq. 1)
+    # candidates: where the salient points come from: alpha_peaks (the strongest local maxima of jeong2017
+    # Eq. 1 on the map) | hessian (jeong2017 Sec. 2: points detected in the image, ranked by Eq. 1;
+    # tmrjax/data/salient_points.py, scikit-image's det-of-Hessian for Hessian-affine)
+    c.embed.salient_points = "alpha_peaks"
+    c.embed.candidate_points = 300  # candidates: salient points kept (hessian: N_max, jeong2017 Sec. 5: 4,000)
+    c.embed.candidate_points_min = 300  # hessian: N_min; fewer points -> the N_min largest-alpha cells
     c.embed.candidate_clusters = 3  # candidates: L clusters -> 2^L regions (jeong2017 Sec. 2)
     c.embed.spatial_attention = "none"  # none | channel_sum (jeong2017 Eq. 1): a weight per cell
     # mac | spoc | gem | smac | crow | identity (the tap is a vector) | flatten (every cell)

@@ -1,5 +1,7 @@
 """Candidate regions of jeong2017 Sec. 2: salient points -> L clusters -> convex hulls of every subset.
 
+Salient points come from the map itself (`alpha_peaks`) or from an image detector, ranked by alpha
+(`salient_point_set`, the paper's rule; the detector runs on the host, `tmrjax.data.salient_points`).
 Static shapes throughout: points come padded to N with a valid flag, the M = 2^L masks come with
 a valid flag (a subset without a valid point, or a hull covering no cell centre, is not a
 region), so the whole proposal jits and vmaps over images. The empty subset is replaced by the
@@ -30,13 +32,57 @@ def alpha_peaks(alpha: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
     neighbours = jnp.stack([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
                             for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)])
     peak = (alpha > 0) & jnp.all(alpha >= neighbours, axis=0)
-    scores = jnp.where(peak, alpha, -jnp.inf).ravel()
-    top, index = jax.lax.top_k(scores, min(count, h * w))
+    return _largest_cells(jnp.where(peak, alpha, -jnp.inf), count)
+
+
+def salient_point_set(
+    points: jax.Array, valid: jax.Array, alpha: jax.Array, image_size: int, count: int, n_max: int, n_min: int
+) -> tuple[jax.Array, jax.Array]:
+    """jeong2017 Sec. 2's salient point set P from points detected in the image, ranked by the spatial
+    weights alpha (Eq. 1): the numpy `tmrjax.data.salient_points.salient_points`, with static shapes.
+
+    points: (P, 2) (row, column) pixel positions in the image_size-pixel square that alpha (h, w)
+    covers, in the order that breaks ties (the detector's, strongest first); valid: (P,) bool. Each
+    point takes the alpha of the cell it falls in; points with alpha <= 0 are dropped, the rest sorted
+    by alpha, descending (ties in input order), and the n_max largest kept. When fewer than n_min are
+    left, P is the centres of the n_min cells of largest alpha instead (ties in row-major order;
+    cells with alpha <= 0 left out). Returns (points (count, 2) float32 map cells, valid (count,)
+    bool), truncated to `count` or padded with (0, 0), False.
+    """
+    h, w = alpha.shape
+    alpha = alpha.astype(jnp.float32)
+    scaled = points.astype(jnp.float32) * jnp.array([h, w], jnp.float32)  # exact for pixel centres
+    cells = scaled / image_size
+    index = jnp.floor(cells)
+    index = jnp.where(index * image_size > scaled, index - 1, index)  # a quotient rounded up onto a cell edge
+    row = jnp.clip(index[:, 0].astype(jnp.int32), 0, h - 1)
+    col = jnp.clip(index[:, 1].astype(jnp.int32), 0, w - 1)
+    at_points = alpha[row, col]
+    score, order = jax.lax.top_k(jnp.where(valid & (at_points > 0), at_points, -jnp.inf),
+                                 min(n_max, points.shape[0]))
+    detected = _padded(cells[order], jnp.isfinite(score), count)
+    fallback = _largest_cells(jnp.where(alpha > 0, alpha, -jnp.inf), min(count, n_min))
+    fallback = _padded(*fallback, count)
+    too_few = jnp.sum(jnp.isfinite(score)) < n_min
+    valid = jnp.where(too_few, fallback[1], detected[1])
+    return jnp.where(valid[:, None], jnp.where(too_few, fallback[0], detected[0]), 0.0), valid
+
+
+def _largest_cells(scores: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """The centres of the `count` cells of largest finite score (h, w), largest first, ties in row-major
+    order (`lax.top_k` keeps the lower index first), padded as `alpha_peaks` returns them."""
+    w = scores.shape[1]
+    top, index = jax.lax.top_k(scores.ravel(), min(count, scores.size))
     points = jnp.stack([index // w, index % w], axis=-1).astype(jnp.float32) + 0.5
-    valid = jnp.isfinite(top)
+    return _padded(points, jnp.isfinite(top), count)
+
+
+def _padded(points: jax.Array, valid: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """The first `count` of (N, 2) points and their (N,) valid flags, padded with (0, 0), False."""
+    points, valid = points[:count], valid[:count]
     missing = count - points.shape[0]
     if missing > 0:
-        points = jnp.concatenate([points, jnp.zeros((missing, 2), jnp.float32)])
+        points = jnp.concatenate([points, jnp.zeros((missing, 2), points.dtype)])
         valid = jnp.concatenate([valid, jnp.zeros((missing,), bool)])
     return points, valid
 

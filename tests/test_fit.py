@@ -157,15 +157,20 @@ def test_sample_rows_is_a_seeded_subset_in_input_order(marks_dir):
     assert any(sample_rows(12, 5, seed=s) != subset for s in range(4, 8))
 
 
-def test_second_order_fit_learns_local_pca_bases_from_first_order_regions(marks_dir, tiny_config, tmp_path):
+@pytest.mark.parametrize("name", ["jeong2017", "jeong2017_hessian"])
+def test_second_order_fit_learns_local_pca_bases_from_first_order_regions(name, marks_dir, tiny_config, tmp_path):
     """jeong2017 Eq. 4: U^1 = the K' leading principal directions of the l2-normalised first-order
-    descriptors (Eq. 3) of every valid candidate region of the fit images, checked against numpy's eigh."""
-    config = tiny_config("jeong2017", (96,))
+    descriptors (Eq. 3) of every valid candidate region of the fit images, checked against numpy's eigh;
+    candidate regions on the map's peaks, or on the points detected in the images (`Batch.points`)."""
+    config = tiny_config(name, (96,))
     config.embed.pca_whitening_dim = 8
+    config.embed.candidate_points_min = 50  # hessian's N_min: the marks have more points at 96 px
     pipeline = fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "jeong", progress=False)
     first = []
-    for batch in iter_batches(FolderSource(marks_dir), pipeline.resolutions, 4, FailureLog()):
-        descriptors, valid = pipeline.first_order_features(pipeline.features_batch(batch.images[0]))
+    for batch in iter_batches(FolderSource(marks_dir), pipeline.resolutions, 4, FailureLog(),
+                              point_sizes=pipeline.point_sizes):
+        (points,) = pipeline.points_of(batch.points)
+        descriptors, valid = pipeline.first_order_features(pipeline.features_batch(batch.images[0]), points)
         keep = np.asarray(valid) & batch.valid[:, None]
         first.append(np.asarray(descriptors, np.float64)[keep])
     sample = l2(np.concatenate(first))

@@ -84,11 +84,11 @@ def test_interrupted_run_keeps_its_checkpoints_and_resumes(
     out = tmp_path / "index"
     original, calls = Pipeline.embed_features, []
 
-    def crash_on_the_third_batch(self, maps):
+    def crash_on_the_third_batch(self, maps, points=None):
         calls.append(len(maps[0]))
         if len(calls) == 3:
             raise RuntimeError("simulated crash (power cut)")
-        return original(self, maps)
+        return original(self, maps, points)
 
     with monkeypatch.context() as patch:
         patch.setattr(Pipeline, "embed_features", crash_on_the_third_batch)

@@ -9,14 +9,20 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
+from tmrjax.kernels.aggregation import spatial_weights
+from tmrjax.kernels.candidates import cluster_points, hull_masks
 from tmrjax.kernels.regions import rmac_regions
 
 import tmrjax
 import tmrjax.pipeline
+from tmrjax.data.images import FailureLog, prepare
+from tmrjax.data.salient_points import detect_points, salient_points
+from tmrjax.data.sources import ArraySource, iter_batches
 from tmrjax.fileio import StoredFileError
 from tmrjax.method_configs import PipelineError, available_configs, load_config
 from tmrjax.pipeline import Pipeline, config_hash, validate_config
+from tmrjax.stages import REGIONS, StageError
 
 pytestmark = pytest.mark.usefixtures("fast_random_init")
 
@@ -131,6 +137,24 @@ def test_validate_config_names_the_bad_field(field, value, message):
         validate_config(c)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"salient_points": "harris"}, "embed.salient_points='harris'; expected one of ['alpha_peaks', 'hessian']"),
+        ({"regions": "global", "pooling": "second_order"}, "salient_points='hessian' picks the points of candidate "
+                                                           "regions; regions='global' has none"),
+        ({"candidate_points_min": 500, "candidate_points": 400}, "candidate_points_min=500 (N_min) and "
+                                                                 "candidate_points=400 (N_max) must satisfy"),
+        ({"candidate_points": 5000}, "N_min <= N_max <= 4000"),
+    ],
+)
+def test_validate_config_checks_the_salient_points(edit, message):
+    c = load_config("jeong2017_hessian")
+    c.embed.update(edit)
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        validate_config(c)
+
+
 def test_validate_config_rejects_ura_without_pca_whitening():
     c = load_config("rmac_ura")
     c.embed.pca_whitening_dim = 0
@@ -219,7 +243,8 @@ def test_mac_embedding_is_the_l2_normalised_global_max(fast_random_init, tiny_co
 # jeong2017 variants that differ from a tested one only in PCA-w dimension, search-time fields or the
 # shipped backbone of another tested variant take the same code path (~20 s each on two cores).
 SAME_PATH = {"jeong2017_128", "jeong2017_512", "jeong2017_qe", "jeong2017_qe_lite0", "jeong2017_qe_hed",
-             "jeong2017_first_order_lite0", "jeong2017_first_order_hed", "jeong2017_whole_lite0", "jeong2017_whole_hed"}
+             "jeong2017_first_order_lite0", "jeong2017_first_order_hed", "jeong2017_whole_lite0", "jeong2017_whole_hed",
+             "jeong2017_hessian_lite0"}
 
 
 @pytest.mark.parametrize("name", [n for n in available_configs()
@@ -241,6 +266,71 @@ def test_every_pipeline_config_fits_and_embeds(name, tiny_config, marks_dir, mar
     np.testing.assert_allclose(norms[norms > 0], 1.0, atol=1e-5)  # region vectors: invalid regions are zero
     assert (norms > 0).any(axis=-1).all() if vectors.ndim == 3 else True
     assert pipeline.dim == (pipeline.raw_dim if not config.embed.pca_whitening_dim else config.embed.pca_whitening_dim)
+
+
+# ----------------------------------------------------------------------------------------
+# jeong2017's salient points detected in the image (embed.salient_points = "hessian")
+
+
+def _hessian_marks(draw_mark):
+    """Six marks with more than 50 detected points at 96 px, a small disc with fewer, and a white square."""
+    disc = Image.new("RGB", (96, 96), "white")
+    ImageDraw.Draw(disc).ellipse([40, 40, 52, 52], fill="black")
+    blank = np.full((80, 80, 3), 255, np.uint8)
+    return [np.asarray(draw_mark(s).convert("RGB")) for s in range(6)] + [np.asarray(disc), blank]
+
+
+def test_hessian_candidate_regions_are_the_hulls_of_detected_points_ranked_by_alpha(tiny_config, mark_factory):
+    """jeong2017 Sec. 2 end to end: the masks a pipeline builds from the points its load workers detect
+    equal those built by hand from `detect_points`, the numpy `salient_points` (N_max, N_min fallback),
+    `cluster_points` and `hull_masks` on the same square image and map."""
+    config = tiny_config("jeong2017_hessian", (96,))
+    config.embed.candidate_points_min = 50  # N_min: the marks have more points at 96 px, the disc and white fewer
+    pipeline, e = Pipeline.create(config), config.embed
+    images = _hessian_marks(mark_factory[0])
+    (batch,) = iter_batches(ArraySource(images), (96,), 8, FailureLog(), point_sizes=pipeline.point_sizes)
+    features = pipeline.features_batch(batch.images[0])
+    (points,) = pipeline.points_of(batch.points)
+    found = REGIONS["candidates"](features, e, points)
+    assert found.masks.shape == (8, 8, 6, 6) and found.valid.shape == (8, 8)
+    fallbacks = 0
+    for i, image in enumerate(images):
+        square = prepare(image, 96)
+        np.testing.assert_array_equal(batch.images[0][i], square)
+        detected, _ = detect_points(square)
+        alpha = np.asarray(spatial_weights(features[i]))
+        kept, valid = salient_points(detected, alpha, 96, count=e.candidate_points, n_max=e.candidate_points,
+                                     n_min=e.candidate_points_min)
+        fallbacks += len(detected) < e.candidate_points_min
+        labels = cluster_points(kept, valid, e.candidate_clusters)
+        masks, masks_valid = hull_masks(kept, valid, labels, e.candidate_clusters, 6, 6)
+        np.testing.assert_array_equal(np.asarray(found.masks[i]), np.asarray(masks), err_msg=f"image {i}")
+        np.testing.assert_array_equal(np.asarray(found.valid[i]), np.asarray(masks_valid), err_msg=f"image {i}")
+    assert fallbacks == 2  # the disc and the white square: their N_min largest-alpha cells
+
+
+def test_hessian_pipeline_detects_points_wherever_images_come_in(tiny_config, mark_factory):
+    """`tmrjax.embed` (through the load workers) and `Pipeline.embed_batch` (prepared squares) detect the
+    same points; the vectors differ from those on the map's own peaks; without points the regions refuse."""
+    def config(salient_points):
+        c = tiny_config("jeong2017_hessian", (64, 96))
+        c.embed.pooling, c.embed.pca_whitening_dim, c.embed.salient_points = "first_order", 0, salient_points
+        return c  # nothing to fit
+
+    pipeline = Pipeline.create(config("hessian"))
+    assert pipeline.point_sizes == (64, 96)
+    images = _hessian_marks(mark_factory[0])[:4]
+    vectors = tmrjax.embed(images, pipeline, batch_size=3)
+    assert vectors.shape == (4, 16, 512) and vectors.dtype == np.float32
+    squares = [np.stack([prepare(image, size) for image in images]) for size in pipeline.resolutions]
+    np.testing.assert_array_equal(pipeline.embed_batch(squares), vectors)
+    peaks = Pipeline.create(config("alpha_peaks"))
+    assert peaks.point_sizes == () and peaks.points_of({}) == [None, None]
+    assert np.abs(tmrjax.embed(images, peaks) - vectors).max() > 1e-2
+    with pytest.raises(StageError, match="salient_points='hessian' builds regions on points detected"):
+        pipeline.embed_features([pipeline.features_batch(s) for s in squares])
+    with pytest.raises(PipelineError, match=r"none came for sizes \[64, 96\]"):
+        pipeline.points_of({})
 
 
 def test_embed_gives_unit_float32_rows(ura_fitted, mark_factory):

@@ -34,7 +34,7 @@ from .kernels import idf as idf_kernels
 from .kernels import whitening
 from .pipeline import Artefacts, CombinedPipeline, Pipeline, PipelineError, needs_fit
 from .runner import FeatureMemo, run_pipelines
-from .stages import POOLINGS
+from .stages import POOLINGS, DetectedPoints
 
 
 class _Reservoir:
@@ -69,17 +69,26 @@ def sample_rows(count: int, num_images: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(count, num_images, replace=False))
 
 
-def _regional_descriptors(pipeline: Pipeline, maps: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
-    return [pipeline.describe_features(m) for m in maps]
+# The passes' functions (`run_pipelines`): one batch's feature maps and salient points (`Pipeline.points_of`),
+# per resolution -> what the pass samples.
+Points = list[DetectedPoints | None]
 
 
-def _first_order_descriptors(pipeline: Pipeline, maps: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
-    return [pipeline.first_order_features(m) for m in maps]
+def _regional_descriptors(
+    pipeline: Pipeline, maps: list[jax.Array], points: Points
+) -> list[tuple[jax.Array, jax.Array]]:
+    return [pipeline.describe_features(m, pts) for m, pts in zip(maps, points)]
 
 
-def _postprocessed_regions(pipeline: Pipeline, maps: list[jax.Array]) -> np.ndarray:
-    return np.concatenate([np.asarray(pipeline.postprocess_batch(pipeline.describe_features(m)[0])) for m in maps],
-                          axis=1)
+def _first_order_descriptors(
+    pipeline: Pipeline, maps: list[jax.Array], points: Points
+) -> list[tuple[jax.Array, jax.Array]]:
+    return [pipeline.first_order_features(m, pts) for m, pts in zip(maps, points)]
+
+
+def _postprocessed_regions(pipeline: Pipeline, maps: list[jax.Array], points: Points) -> np.ndarray:
+    return np.concatenate([np.asarray(pipeline.postprocess_batch(raw))
+                           for raw, _ in _regional_descriptors(pipeline, maps, points)], axis=1)
 
 
 def _sample_regions(pipelines: Sequence[Pipeline], fn, dims: Sequence[int], rngs, images: ImageSource,

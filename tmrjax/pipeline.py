@@ -32,6 +32,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from ._version import __version__
+from .data.salient_points import N_MAX, batch_points
 from .fileio import Record, StoredFileError, load_npz, read_json, write_atomic
 from .kernels import pooling
 from .method_configs import PipelineError, load_config
@@ -40,7 +41,9 @@ from .stages import (
     POOLINGS,
     REGION_WEIGHTS,
     REGIONS,
+    SALIENT_POINTS,
     SPATIAL_ATTENTIONS,
+    DetectedPoints,
     aggregate,
     describe,
     first_order_regions,
@@ -138,6 +141,7 @@ CONFIG_BOUNDS: dict[str, tuple[float, float]] = {
     "embed.whitening_power": (0, 1),
     "embed.codebook_size": (1, 1 << 20),
     "embed.candidate_points": (1, 1 << 14),
+    "embed.candidate_points_min": (1, 1 << 14),
     "embed.candidate_clusters": (1, 6),  # 2^L regions per image and resolution
     "embed.local_dim": (1, 1024),
     "embed.eigenvalue_floor": (0, 1),
@@ -204,10 +208,20 @@ def validate_config(config: ConfigDict) -> None:
         if not low <= value <= high:
             raise PipelineError(f"{config.name}: {field}={value!r} is outside [{low}, {high}]")
     e = config.embed
-    for field, registry in (("regions", REGIONS), ("spatial_attention", SPATIAL_ATTENTIONS), ("pooling", POOLINGS),
+    for field, registry in (("regions", REGIONS), ("salient_points", SALIENT_POINTS),
+                            ("spatial_attention", SPATIAL_ATTENTIONS), ("pooling", POOLINGS),
                             ("region_weights", REGION_WEIGHTS), ("output", OUTPUTS)):
         if e[field] not in registry:
             raise PipelineError(f"{config.name}: embed.{field}={e[field]!r}; expected one of {sorted(registry)}")
+    if SALIENT_POINTS[e.salient_points].detected:
+        if e.regions != "candidates":
+            raise PipelineError(f"{config.name}: embed.salient_points={e.salient_points!r} picks the points of "
+                                f"candidate regions; regions={e.regions!r} has none (set it to 'alpha_peaks')")
+        if not e.candidate_points_min <= e.candidate_points <= N_MAX:
+            raise PipelineError(
+                f"{config.name}: embed.candidate_points_min={e.candidate_points_min} (N_min) and candidate_points="
+                f"{e.candidate_points} (N_max) must satisfy N_min <= N_max <= {N_MAX}, the detected points kept "
+                "per image (tmrjax/data/salient_points.py)")
     spec = POOLINGS[e.pooling]
     if (e.regions == "rmac") != (e.region_levels > 0):
         raise PipelineError(f"{config.name}: embed.region_levels={e.region_levels} is the R-MAC grid's: "
@@ -318,7 +332,7 @@ class Output(enum.Enum):
 class Pipeline:
     """Backbone + config + learned artefacts, a frozen value: `with_artefacts` makes a new one.
 
-    Embedding is the pure function `embed_fn(artefacts, feature_maps)` composed from the
+    Embedding is the pure function `embed_fn(artefacts, feature_maps, points)` composed from the
     config's stages (regions -> pooling -> post-processing -> region weights -> sum); the
     compiled functions are built on first use and belong to this value.
     """
@@ -346,17 +360,18 @@ class Pipeline:
     @functools.cached_property
     def _describe_features(self) -> Callable:
         embed = self.config.embed
-        return jax.jit(lambda a, f: describe(f, embed, a))
+        return jax.jit(lambda a, f, points: describe(f, embed, a, points))
 
     @functools.cached_property
     def _first_order_regions(self) -> Callable:
         embed = self.config.embed
-        return jax.jit(lambda f: first_order_regions(f, embed))
+        return jax.jit(lambda f, points: first_order_regions(f, embed, points))
 
     @functools.cached_property
     def _aggregate(self) -> Callable:
         embed = self.config.embed
-        return jax.jit(lambda a, f: (region_vectors if self.output is Output.REGIONS else aggregate)(f, embed, a))
+        per_resolution = region_vectors if self.output is Output.REGIONS else aggregate
+        return jax.jit(lambda a, f, points: per_resolution(f, embed, a, points))
 
     @functools.cached_property
     def _postprocess(self) -> Callable:
@@ -508,7 +523,7 @@ class Pipeline:
         def raw(x):
             features = self.module.apply(self.variables, x)[tap]
             arts = {"local_projection": jnp.zeros((features.shape[-1], embed.local_dim))}
-            return describe(features, embed, arts)[0]
+            return describe(features, embed, arts, DetectedPoints.none(1, x.shape[1]))[0]
 
         return [jax.eval_shape(raw, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).shape
                 for size in self.resolutions]
@@ -542,7 +557,7 @@ class Pipeline:
         for size, (_, count, _) in zip(self.resolutions, self._descriptor_shapes):
             shape = jax.eval_shape(lambda x: self.module.apply(self.variables, x)[tap],
                                    jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).shape
-            regions = REGIONS[embed.regions](jnp.zeros(shape, jnp.float32), embed)
+            regions = REGIONS[embed.regions](jnp.zeros(shape, jnp.float32), embed, DetectedPoints.none(1, size))
             covers = np.asarray(regions.as_masks(*shape[1:3])).reshape(count, -1).all(axis=1)
             whole = np.flatnonzero(covers & np.asarray(regions.valid)[0])
             if whole.size != 1:
@@ -554,8 +569,8 @@ class Pipeline:
 
     def describe_text(self) -> str:
         e = self.config.embed
-        regions = {"global": "global", "rmac": f"R-MAC L={e.region_levels}",
-                   "candidates": f"{2 ** e.candidate_clusters} candidate regions"}[e.regions]
+        candidates = f"{2 ** e.candidate_clusters} candidate regions ({e.salient_points} points)"
+        regions = {"global": "global", "rmac": f"R-MAC L={e.region_levels}", "candidates": candidates}[e.regions]
         attention = f" x {e.spatial_attention}" if e.spatial_attention != "none" else ""
         output = f", {self.regions_per_image} region vectors per image" if self.output is Output.REGIONS else ""
         return (
@@ -613,15 +628,19 @@ class Pipeline:
 
     # -- compute --------------------------------------------------------------------------
 
-    def describe_features(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def describe_features(
+        self, features: jax.Array, points: DetectedPoints | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Raw regional descriptors (B, R, D') of one resolution's feature map (B, h, w, C), and their
-        valid flags (B, R)."""
-        return self._describe_features(self.device_artefacts, features)
+        valid flags (B, R); `points`: that resolution's of `points_of`."""
+        return self._describe_features(self.device_artefacts, features, points)
 
-    def first_order_features(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def first_order_features(
+        self, features: jax.Array, points: DetectedPoints | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """First-order descriptors (B, R, C) of this pipeline's regions (jeong2017 Eq. 3) and their valid
         flags: what the PCA bases of local descriptors are fitted on (Eq. 4)."""
-        return self._first_order_regions(features)
+        return self._first_order_regions(features, points)
 
     @property
     def first_order_features_dim(self) -> int:
@@ -631,8 +650,10 @@ class Pipeline:
     @functools.cached_property
     def _first_order_shape(self) -> tuple[int, ...]:
         tap, embed = self.config.backbone.tap, self.config.embed
-        traced = jax.eval_shape(lambda x: first_order_regions(self.module.apply(self.variables, x)[tap], embed)[0],
-                                jax.ShapeDtypeStruct((1, self.resolutions[0], self.resolutions[0], 3), jnp.float32))
+        size = self.resolutions[0]
+        traced = jax.eval_shape(lambda x: first_order_regions(self.module.apply(self.variables, x)[tap], embed,
+                                                              DetectedPoints.none(1, size))[0],
+                                jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
         return traced.shape
 
     def postprocess_batch(self, descriptors: jax.Array) -> jax.Array:
@@ -647,15 +668,40 @@ class Pipeline:
         """The backbone tap of one resolution's uint8 batch, (B, h, w, C)."""
         return self._features(self.variables, jnp.asarray(images))
 
-    def embed_fn(self, artefacts: Mapping[str, jax.Array], features_per_resolution: Sequence[jax.Array]) -> jax.Array:
-        """The pipeline's function: feature maps (one per resolution) -> `Output.IMAGE`: (B, d), the
-        l2-normalised sum over resolutions of the weighted regions (tursun2021 Eq. 2-4); or
-        `Output.REGIONS`: (B, R, d), the regions of every resolution, invalid ones all zero."""
-        if len(features_per_resolution) != len(self.resolutions):
+    @property
+    def point_sizes(self) -> tuple[int, ...]:
+        """The resolutions whose images the host searches for salient points for this pipeline
+        (`embed.salient_points`, jeong2017 Sec. 2): all of them, or none."""
+        return self.resolutions if SALIENT_POINTS[self.config.embed.salient_points].detected else ()
+
+    def points_of(self, detected: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> list[DetectedPoints | None]:
+        """Per resolution, the points `detected` at that image size (`Batch.points`, `batch_points`) as
+        `DetectedPoints`, or None where this pipeline's regions take none (not a `point_sizes`)."""
+        missing = [size for size in self.point_sizes if size not in detected]
+        if missing:
+            raise PipelineError(f"{self.name}: its candidate regions rank salient points detected in the images, "
+                                f"but none came for sizes {missing} (iter_batches(point_sizes=...))")
+        return [DetectedPoints(jnp.asarray(detected[size][0]), jnp.asarray(detected[size][1]), size)
+                if size in self.point_sizes else None for size in self.resolutions]
+
+    def embed_fn(
+        self,
+        artefacts: Mapping[str, jax.Array],
+        features_per_resolution: Sequence[jax.Array],
+        points_per_resolution: Sequence[DetectedPoints | None] | None = None,
+    ) -> jax.Array:
+        """The pipeline's function: feature maps (one per resolution), with their images' salient points
+        when the regions need them (`points_of`) -> `Output.IMAGE`: (B, d), the l2-normalised sum over
+        resolutions of the weighted regions (tursun2021 Eq. 2-4); or `Output.REGIONS`: (B, R, d), the
+        regions of every resolution, invalid ones all zero."""
+        points_per_resolution = points_per_resolution or [None] * len(features_per_resolution)
+        if not len(features_per_resolution) == len(points_per_resolution) == len(self.resolutions):
             raise PipelineError(
-                f"{self.name}: got {len(features_per_resolution)} resolutions, expected {self.resolutions}"
+                f"{self.name}: got {len(features_per_resolution)} resolutions of feature maps and "
+                f"{len(points_per_resolution)} of points, expected {self.resolutions}"
             )
-        parts = [self._aggregate(artefacts, features) for features in features_per_resolution]
+        parts = [self._aggregate(artefacts, features, points)
+                 for features, points in zip(features_per_resolution, points_per_resolution)]
         if self.output is Output.REGIONS:
             return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
         total = parts[0]
@@ -663,14 +709,23 @@ class Pipeline:
             total = total + part
         return pooling.l2_normalize(total)
 
-    def embed_features(self, features_per_resolution: Sequence[jax.Array]) -> np.ndarray:
+    def embed_features(
+        self,
+        features_per_resolution: Sequence[jax.Array],
+        points_per_resolution: Sequence[DetectedPoints | None] | None = None,
+    ) -> np.ndarray:
         """`embed_fn` with this pipeline's artefacts, as float32 host vectors ((B, d) or (B, R, d))."""
         self.check_artefacts()
-        return np.asarray(self.embed_fn(self.device_artefacts, features_per_resolution), dtype=np.float32)
+        vectors = self.embed_fn(self.device_artefacts, features_per_resolution, points_per_resolution)
+        return np.asarray(vectors, dtype=np.float32)
 
     def embed_batch(self, images_per_resolution: Sequence[np.ndarray]) -> np.ndarray:
-        """(B, S, S, 3) uint8 per resolution -> (B, d) float32, l2-normalised (Eq. 3-4)."""
-        return self.embed_features([self.features_batch(images) for images in images_per_resolution])
+        """(B, S, S, 3) uint8 per resolution -> (B, d) float32, l2-normalised (Eq. 3-4); salient points,
+        when the regions need them, are detected here."""
+        detected = {size: batch_points(images) for size, images in zip(self.resolutions, images_per_resolution)
+                    if size in self.point_sizes}
+        return self.embed_features([self.features_batch(images) for images in images_per_resolution],
+                                   self.points_of(detected))
 
 
 # ----------------------------------------------------------------------------------------

@@ -4,15 +4,17 @@
 different sink (artefact fitting, scoring, index writing, timing):
 
     for batch in iter_batches(source):             one decode, the union of every pipeline's sizes
+                                                   (and salient points where a pipeline ranks them)
         maps = BackboneRunner.feature_maps(batch)  one pass per (weights, tap) and resolution
-        out  = [fn(pipeline, maps[pipeline])]      e.g. Pipeline.embed_features, or raw regions for fit
+        out  = [fn(pipeline, maps[pipeline], pipeline.points_of(batch.points))]
+                                                   e.g. Pipeline.embed_features, or raw regions for fit
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -22,6 +24,9 @@ from .data.sources import LOAD_WORKERS, ArraySource, ImageSource, iter_batches, 
 from .pipeline import CombinedPipeline, Pipeline
 from .progress import progress_bar
 from .vector_cache import VectorCache
+
+if TYPE_CHECKING:
+    from .stages import DetectedPoints
 
 
 def _memo_budget() -> int:
@@ -79,6 +84,7 @@ class BackboneRunner:
         for p in self.pipelines:
             self.leads.setdefault(p.backbone_key, p)
         self.sizes = tuple(sorted({r for p in self.pipelines for r in p.resolutions}))
+        self.point_sizes = tuple(sorted({r for p in self.pipelines for r in p.point_sizes}))
 
     def feature_maps(self, batch: Batch, needed: Sequence[bool] | None = None) -> list[list[jax.Array] | None]:
         """Per pipeline, per resolution of that pipeline: the backbone tap (B, h, w, C) of `batch`,
@@ -125,7 +131,7 @@ class BackboneRunner:
 def run_pipelines(
     source: ImageSource,
     pipelines: Sequence[Pipeline],
-    fn: Callable[[Pipeline, list[jax.Array]], Any],
+    fn: Callable[[Pipeline, list[jax.Array], list[DetectedPoints | None]], Any],
     failures: FailureLog,
     rows: Sequence[int] | None = None,
     batch_size: int | None = None,
@@ -135,22 +141,24 @@ def run_pipelines(
     known: Callable[[Pipeline, Batch], Any | None] | None = None,
     memo: FeatureMemo | None = None,
 ) -> Iterator[tuple[Batch, list[Any]]]:
-    """(batch, [fn(pipeline, its feature maps) for each pipeline]) for every batch of `rows` of
-    `source` (default all). Unreadable images are logged in `failures` and skipped; outputs cover
-    the padded batch, rows where `batch.valid` is true are images. The batch size is the largest
-    of the pipelines' (`batch_size` overrides it). `known(pipeline, batch)`, when given, may return
-    a pipeline's output for the batch without its backbone (e.g. cached vectors); a backbone runs
-    only for the pipelines left without one, and not for the images `memo` holds."""
+    """(batch, [fn(pipeline, its feature maps, its salient points (`Pipeline.points_of`)) for each
+    pipeline]) for every batch of `rows` of `source` (default all). Unreadable images are logged in
+    `failures` and skipped; outputs cover the padded batch, rows where `batch.valid` is true are
+    images. The batch size is the largest of the pipelines' (`batch_size` overrides it).
+    `known(pipeline, batch)`, when given, may return a pipeline's output for the batch without its
+    backbone (e.g. cached vectors); a backbone runs only for the pipelines left without one, and not
+    for the images `memo` holds."""
     runner = BackboneRunner(pipelines, memo)
     batch_size = batch_size or max(p.config.batch_size for p in pipelines)
     total = len(source) if rows is None else len(rows)
     desc = desc or "embed " + "+".join(p.name for p in pipelines)
     with progress_bar(total, desc, progress) as bar:
         reported = len(failures)
-        for batch in iter_batches(source, runner.sizes, batch_size, failures, rows, workers):
+        for batch in iter_batches(source, runner.sizes, batch_size, failures, rows, workers, runner.point_sizes):
             ready = [known(p, batch) for p in pipelines] if known else [None] * len(pipelines)
             maps = runner.feature_maps(batch, [r is None for r in ready])
-            yield batch, [fn(p, m) if r is None else r for p, m, r in zip(pipelines, maps, ready)]
+            yield batch, [fn(p, m, p.points_of(batch.points)) if r is None else r
+                          for p, m, r in zip(pipelines, maps, ready)]
             bar.update(len(batch.ids) + len(failures) - reported)
             reported = len(failures)
 
@@ -200,8 +208,8 @@ def embed_source(
 
     desc = desc or "embed " + "+".join(p.name for p in pipelines)
     try:
-        for batch, vectors in run_pipelines(source, singles, lambda p, maps: p.embed_features(maps), failures,
-                                            rows, batch_size, desc, progress, workers,
+        for batch, vectors in run_pipelines(source, singles, lambda p, maps, points: p.embed_features(maps, points),
+                                            failures, rows, batch_size, desc, progress, workers,
                                             known=cached if cache else None, memo=memo):
             valid = [np.asarray(v[batch.valid]) for v in vectors]
             for p, v in zip(singles, valid):

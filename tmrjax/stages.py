@@ -1,8 +1,10 @@
 """The stages a pipeline's embedding function is composed of, each a small registry keyed by a config field.
 
-One resolution's feature map (B, h, w, C) goes through, in order:
+One resolution's feature map (B, h, w, C), with the salient points detected in its images when the
+config asks for them (`DetectedPoints`), goes through, in order:
 
     embed.regions            REGIONS             -> which cells each region holds: static boxes or per-image masks
+      embed.salient_points   SALIENT_POINTS      -> candidates: the points the hulls are built on
     embed.spatial_attention  SPATIAL_ATTENTIONS  -> a weight per cell (B, h, w), or none
     embed.pooling            POOLINGS            -> one raw descriptor per region (B, R, D')
     (post-processing)        `postprocess`       -> l2 -> PCA-whitening -> l2 when fitted (B, R, d)
@@ -16,6 +18,7 @@ of one entry per stage in its config; adding one means adding an entry, not a br
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 
 import jax
@@ -26,6 +29,24 @@ from ml_collections import ConfigDict
 from .kernels import aggregation, candidates, crow, idf, pooling, regions, whitening
 
 Arrays = Mapping[str, jax.Array]
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["positions", "valid"], meta_fields=["image_size"])
+@dataclasses.dataclass(frozen=True)
+class DetectedPoints:
+    """Salient points detected in one resolution's images on the host (`tmrjax.data.salient_points`):
+    `positions` (B, P, 2) float32 (row, column) pixel positions in the image_size-pixel square the
+    backbone sees, strongest response first; `valid` (B, P) bool, False for padding. A pytree whose
+    image_size is static, so it passes through jit and vmap with the feature maps."""
+
+    positions: jax.Array
+    valid: jax.Array
+    image_size: int
+
+    @classmethod
+    def none(cls, batch: int, image_size: int) -> DetectedPoints:
+        """No point in any image (every image then takes its largest-alpha cells): a stand-in for tracing."""
+        return cls(jnp.zeros((batch, 1, 2), jnp.float32), jnp.zeros((batch, 1), bool), image_size)
 
 
 class StageError(ValueError):
@@ -55,36 +76,62 @@ class Regions:
         return self.masks if self.masks is not None else jnp.asarray(regions.region_masks(self.boxes, h, w))
 
 
-def global_region(features: jax.Array, embed: ConfigDict) -> Regions:
+def global_region(features: jax.Array, embed: ConfigDict, points: DetectedPoints | None) -> Regions:
     """The whole map as the one region."""
     box = np.array([[0, 0, features.shape[1], features.shape[2]]], np.int32)
     return Regions(boxes=box, masks=None, valid=jnp.ones((features.shape[0], 1), bool), whole_map=True)
 
 
-def rmac_grid(features: jax.Array, embed: ConfigDict) -> Regions:
+def rmac_grid(features: jax.Array, embed: ConfigDict, points: DetectedPoints | None) -> Regions:
     """The R-MAC grid of levels 1..L (tursun2021 Sec. 3; `kernels.regions.rmac_regions`)."""
     boxes = regions.rmac_regions(features.shape[1], features.shape[2], levels=embed.region_levels,
                                  include_full_map=embed.include_full_map)
     return Regions(boxes=boxes, masks=None, valid=jnp.ones((features.shape[0], len(boxes)), bool))
 
 
-def candidate_hulls(features: jax.Array, embed: ConfigDict) -> Regions:
-    """jeong2017 Sec. 2 on the feature map: the `candidate_points` strongest local maxima of the spatial
-    weights alpha (Eq. 1) as salient points, k-means of their positions into L = `candidate_clusters`
-    clusters, and the convex hull of every non-empty subset plus the whole map: M = 2^L regions."""
+@dataclasses.dataclass(frozen=True)
+class SalientPoints:
+    """Where candidate regions take their salient points: `find(alpha (h, w), one image's detected
+    points or None, embed) -> (points (candidate_points, 2) map cells, valid)`; `detected`: it ranks
+    points detected in the image, which the host finds (`tmrjax.data.salient_points`) and passes along."""
+
+    find: Callable[[jax.Array, DetectedPoints | None, ConfigDict], tuple[jax.Array, jax.Array]]
+    detected: bool = False
+
+
+SALIENT_POINTS: dict[str, SalientPoints] = {
+    # The strongest local maxima of alpha: no detector, the map's own peaks.
+    "alpha_peaks": SalientPoints(lambda alpha, detected, e: candidates.alpha_peaks(alpha, e.candidate_points)),
+    # jeong2017 Sec. 2 and 5: image points (det-of-Hessian standing in for Hessian-affine) ranked by alpha,
+    # the N_max = candidate_points largest kept, below N_min = candidate_points_min the largest-alpha cells.
+    "hessian": SalientPoints(
+        lambda alpha, detected, e: candidates.salient_point_set(
+            detected.positions, detected.valid, alpha, detected.image_size, e.candidate_points,
+            e.candidate_points, e.candidate_points_min),
+        detected=True),
+}
+
+
+def candidate_hulls(features: jax.Array, embed: ConfigDict, points: DetectedPoints | None) -> Regions:
+    """jeong2017 Sec. 2: salient points (`SALIENT_POINTS[embed.salient_points]`, ranked by the spatial
+    weights alpha, Eq. 1), k-means of their positions into L = `candidate_clusters` clusters, and the
+    convex hull of every non-empty subset plus the whole map: M = 2^L regions."""
     h, w = features.shape[1:3]
-    count, clusters = embed.candidate_points, embed.candidate_clusters
+    clusters, rule = embed.candidate_clusters, SALIENT_POINTS[embed.salient_points]
+    if rule.detected and points is None:
+        raise StageError(f"salient_points={embed.salient_points!r} builds regions on points detected in the "
+                         "images; pass them with the feature maps (DetectedPoints, tmrjax.data.salient_points)")
 
-    def one(f):
-        points, valid = candidates.alpha_peaks(aggregation.spatial_weights(f), count)
-        labels = candidates.cluster_points(points, valid, clusters)
-        return candidates.hull_masks(points, valid, labels, clusters, h, w)
+    def one(f, detected):
+        found, valid = rule.find(aggregation.spatial_weights(f), detected, embed)
+        labels = candidates.cluster_points(found, valid, clusters)
+        return candidates.hull_masks(found, valid, labels, clusters, h, w)
 
-    masks, valid = jax.vmap(one)(features)
+    masks, valid = jax.vmap(one)(features, points if rule.detected else None)
     return Regions(boxes=None, masks=masks, valid=valid)
 
 
-REGIONS: dict[str, Callable[[jax.Array, ConfigDict], Regions]] = {
+REGIONS: dict[str, Callable[[jax.Array, ConfigDict, DetectedPoints | None], Regions]] = {
     "global": global_region,
     "rmac": rmac_grid,
     "candidates": candidate_hulls,
@@ -175,11 +222,14 @@ POOLINGS: dict[str, Pooling] = {
 }
 
 
-def describe(features: jax.Array, embed: ConfigDict, arts: Arrays) -> tuple[jax.Array, jax.Array]:
+def describe(
+    features: jax.Array, embed: ConfigDict, arts: Arrays, points: DetectedPoints | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Raw regional descriptors of a feature map and their valid flags: (B, h, w, C) -> ((B, R, D')
-    float32, (B, R) bool), through the config's regions, spatial attention and pooling stages."""
+    float32, (B, R) bool), through the config's regions (on `points`, when they need them), spatial
+    attention and pooling stages."""
     spec = POOLINGS[embed.pooling]
-    found = REGIONS[embed.regions](features, embed)
+    found = REGIONS[embed.regions](features, embed, points)
     attend = SPATIAL_ATTENTIONS[embed.spatial_attention]
     alpha = attend(features) if attend is not None else None
     if spec.masks is not None:
@@ -192,10 +242,12 @@ def describe(features: jax.Array, embed: ConfigDict, arts: Arrays) -> tuple[jax.
     return out.astype(jnp.float32), found.valid
 
 
-def first_order_regions(features: jax.Array, embed: ConfigDict) -> tuple[jax.Array, jax.Array]:
+def first_order_regions(
+    features: jax.Array, embed: ConfigDict, points: DetectedPoints | None = None
+) -> tuple[jax.Array, jax.Array]:
     """jeong2017 Eq. 3 over the config's regions, (B, R, C) and valid (B, R): the descriptors whose PCA
     bases reduce the local descriptors of second-order pooling (Eq. 4)."""
-    found = REGIONS[embed.regions](features, embed)
+    found = REGIONS[embed.regions](features, embed, points)
     ones = jnp.ones(features.shape[:3], jnp.float32)
     return first_order(features, found.as_masks(*features.shape[1:3]), ones, {}, embed), found.valid
 
@@ -219,15 +271,17 @@ REGION_WEIGHTS: dict[str, Callable[[jax.Array, Arrays], jax.Array]] = {
 }
 
 
-def aggregate(features: jax.Array, embed: ConfigDict, arts: Arrays) -> jax.Array:
+def aggregate(features: jax.Array, embed: ConfigDict, arts: Arrays, points: DetectedPoints | None = None) -> jax.Array:
     """One resolution -> the unnormalised weighted sum of its regions, (B, d) (tursun2021 Eq. 2, 4);
     invalid regions weigh 0."""
-    raw, valid = describe(features, embed, arts)
+    raw, valid = describe(features, embed, arts, points)
     post = postprocess(raw, arts)
     return jnp.einsum("brd,br->bd", post, REGION_WEIGHTS[embed.region_weights](post, arts) * valid)
 
 
-def region_vectors(features: jax.Array, embed: ConfigDict, arts: Arrays) -> jax.Array:
+def region_vectors(
+    features: jax.Array, embed: ConfigDict, arts: Arrays, points: DetectedPoints | None = None
+) -> jax.Array:
     """One resolution -> its post-processed regions for region matching, (B, R, d), invalid ones all zero."""
-    raw, valid = describe(features, embed, arts)
+    raw, valid = describe(features, embed, arts, points)
     return postprocess(raw, arts) * valid[..., None]

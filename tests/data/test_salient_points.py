@@ -6,8 +6,18 @@ import pytest
 from PIL import Image, ImageDraw
 from tmrjax.kernels.candidates import cluster_points, hull_masks
 
-from tmrjax.data.images import prepare
-from tmrjax.data.salient_points import SIGMAS, detect_points, salient_points, to_cells
+import tmrjax.data.sources
+from tmrjax.data.images import FailureLog, prepare
+from tmrjax.data.salient_points import (
+    N_MAX,
+    SIGMAS,
+    batch_points,
+    detect_points,
+    padded_points,
+    salient_points,
+    to_cells,
+)
+from tmrjax.data.sources import ArraySource, iter_batches
 
 S = 224
 
@@ -235,3 +245,65 @@ def test_the_points_feed_the_candidate_region_kernels():
 def test_bad_arguments_are_refused(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         salient_points(*args, **{"count": 4, **kwargs})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Points in the load workers: padded to N_MAX per image, in Batch.points
+
+
+def test_padded_points_keep_the_strongest_detected_points_in_fixed_shapes():
+    image, _ = _mark()
+    detected, _ = detect_points(image)
+    positions, valid = padded_points(image)
+    assert positions.shape == (N_MAX, 2) and positions.dtype == np.float32 and valid.dtype == bool
+    assert valid.tolist() == [True] * len(detected) + [False] * (N_MAX - len(detected))
+    np.testing.assert_array_equal(positions[:len(detected)], detected)
+    np.testing.assert_array_equal(positions[len(detected):], 0)
+    few, few_valid = padded_points(image, count=5)  # more points than room: the strongest five
+    np.testing.assert_array_equal(few, detected[:5])
+    assert few_valid.all()
+    both, both_valid = batch_points(np.stack([image, np.full_like(image, 255)]), count=5)
+    assert both.shape == (2, 5, 2) and both_valid.tolist() == [[True] * 5, [False] * 5]  # white: none
+    assert batch_points(np.zeros((0, 8, 8, 3), np.uint8))[0].shape == (0, N_MAX, 2)
+
+
+def test_iter_batches_detects_salient_points_on_the_squares_the_backbone_sees():
+    image, _ = _mark()
+    wide = np.asarray(Image.fromarray(image).resize((S, S // 2)))
+    source = ArraySource([image, wide, image[:100]])
+    batches = list(iter_batches(source, (64, S), 2, FailureLog(), point_sizes=(S,)))
+    assert [b.ids for b in batches] == [["0", "1"], ["2"]]
+    for batch, rows in zip(batches, ([image, wide], [image[:100]])):
+        assert list(batch.points) == [S]
+        positions, valid = batch.points[S]
+        assert positions.shape == (2, N_MAX, 2) and valid.shape == (2, N_MAX)
+        for i, row in enumerate(rows):
+            np.testing.assert_array_equal(batch.images[1][i], prepare(row, S))
+            expected, expected_valid = padded_points(prepare(row, S))
+            np.testing.assert_array_equal(positions[i], expected)
+            np.testing.assert_array_equal(valid[i], expected_valid)
+            assert expected_valid.any()
+    assert not batches[1].points[S][1][1].any()  # the padding row has no points
+    assert next(iter(iter_batches(source, (64,), 2, FailureLog()))).points == {}  # not asked for: none
+
+
+def test_iter_batches_reports_an_image_whose_points_cannot_be_found_and_goes_on(monkeypatch):
+    image, _ = _mark()
+    original = tmrjax.data.sources.padded_points
+
+    def fails_on_black(square):
+        if square.min() == 0 and square.max() == 0:
+            raise MemoryError("detector out of memory")
+        return original(square)
+
+    monkeypatch.setattr(tmrjax.data.sources, "padded_points", fails_on_black)
+    failures = FailureLog()
+    black = np.zeros((32, 32, 3), np.uint8)
+    batches = list(iter_batches(ArraySource([image, black, image]), (32,), 4, failures, point_sizes=(32,)))
+    assert [b.ids for b in batches] == [["0", "2"]]
+    assert failures.failures == [("1", "unexpected MemoryError: detector out of memory")]
+
+
+def test_iter_batches_refuses_point_sizes_outside_its_sizes():
+    with pytest.raises(ValueError, match=r"point_sizes \(96,\) must be among the sizes \(64,\)"):
+        iter_batches(ArraySource([]), (64,), 2, FailureLog(), point_sizes=(96,))

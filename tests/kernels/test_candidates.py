@@ -1,10 +1,15 @@
-"""kernels/candidates.py: jeong2017's candidate regions, against scipy's exact convex hulls."""
+"""kernels/candidates.py: jeong2017's candidate regions, against scipy's exact convex hulls and the
+numpy ranking of detected salient points (tmrjax/data/salient_points.py)."""
+
+import functools
 
 import jax
 import numpy as np
 import pytest
 from scipy.spatial import ConvexHull
-from tmrjax.kernels.candidates import alpha_peaks, cluster_points, cluster_subsets, hull_masks
+from tmrjax.kernels.candidates import alpha_peaks, cluster_points, cluster_subsets, hull_masks, salient_point_set
+
+from tmrjax.data.salient_points import salient_points
 
 
 def _blobs(rng, centres, per, spread=1.0):
@@ -83,3 +88,95 @@ def test_alpha_peaks_are_the_strongest_local_maxima_padded_with_invalid_points()
     np.testing.assert_array_equal(points[:3], [[1.5, 1.5], [4.5, 5.5], [3.5, 0.5]])
     few, few_valid = alpha_peaks(np.zeros((2, 2), np.float32), 6)  # more asked than cells, none positive
     assert few.shape == (6, 2) and not np.asarray(few_valid).any()
+
+
+# ----------------------------------------------------------------------------------------
+# salient_point_set against the numpy salient_points
+
+
+@functools.partial(jax.jit, static_argnames=("image_size", "count", "n_max", "n_min"))
+def _point_set(points, valid, alpha, image_size, count, n_max, n_min):
+    return salient_point_set(points, valid, alpha, image_size, count, n_max, n_min)
+
+
+def _assert_ranked_as_numpy(points, valid, alpha, image_size, count, n_max, n_min):
+    """The device ranking of padded points equals numpy's of the valid ones, in order; returns its valid."""
+    got, got_valid = _point_set(points, valid, alpha, image_size=image_size, count=count, n_max=n_max, n_min=n_min)
+    assert got.shape == (count, 2) and got.dtype == np.float32
+    assert got_valid.shape == (count,) and got_valid.dtype == bool
+    expected, expected_valid = salient_points(points[valid], alpha, image_size, count=count, n_max=n_max, n_min=n_min)
+    np.testing.assert_array_equal(np.asarray(got_valid), expected_valid)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6, atol=0)
+    return expected_valid
+
+
+def _pixel_centres(rng, count, image_size):
+    return (rng.integers(0, image_size, size=(count, 2)) + 0.5).astype(np.float32)
+
+
+@pytest.mark.parametrize(("seed", "image_size", "map_shape"), [(0, 64, (8, 8)), (1, 96, (6, 6)), (2, 100, (7, 9)),
+                                                             (3, 320, (10, 10)), (4, 448, (28, 28))])
+def test_salient_point_set_ranks_detected_points_as_numpy(seed, image_size, map_shape):
+    rng = np.random.default_rng(seed)
+    alpha = rng.random(map_shape).astype(np.float32) * (rng.random(map_shape) > 0.3)  # some cells at zero
+    points = _pixel_centres(rng, 60, image_size)
+    valid = rng.random(60) > 0.2
+    kept = _assert_ranked_as_numpy(points, valid, alpha, image_size, count=40, n_max=30, n_min=5)
+    assert kept.sum() == 30  # more valid points of alpha > 0 than n_max: the detected points, capped
+
+
+def test_salient_point_set_falls_back_to_the_largest_alpha_cells_below_n_min():
+    rng = np.random.default_rng(5)
+    alpha = rng.random((6, 6)).astype(np.float32)
+    points = _pixel_centres(rng, 8, 96)
+    kept = _assert_ranked_as_numpy(points, np.ones(8, bool), alpha, 96, count=20, n_max=16, n_min=10)
+    assert kept.sum() == 10  # 8 < n_min points: the 10 largest cells instead
+
+
+def test_salient_point_set_without_points_or_without_alpha():
+    rng = np.random.default_rng(6)
+    alpha = rng.random((4, 5)).astype(np.float32)
+    points = _pixel_centres(rng, 12, 80)
+    none = np.zeros(12, bool)
+    assert _assert_ranked_as_numpy(points, none, alpha, 80, count=30, n_max=25, n_min=25).sum() == 20  # every cell
+    assert _assert_ranked_as_numpy(points, np.ones(12, bool), np.zeros((4, 5), np.float32), 80,
+                                   count=8, n_max=6, n_min=3).sum() == 0  # an all-zero map: no point at all
+
+
+def test_salient_point_set_breaks_ties_in_detector_order_and_row_major_order():
+    alpha = np.array([[0.5, 0.5, 0.0], [0.5, 0.2, 0.5]], np.float32)  # cells of 6 x 4 px in a 12 px square
+    # in a detector's order: four points in cells of equal alpha, one in a zero cell, one weaker
+    points = np.array([[7.5, 9.5], [0.5, 5.5], [3.0, 2.0], [1.5, 9.5], [9.5, 6.5], [11.5, 1.5]], np.float32)
+    valid = np.ones(6, bool)
+    _assert_ranked_as_numpy(points, valid, alpha, 12, count=6, n_max=6, n_min=1)
+    got, got_valid = _point_set(points, valid, alpha, image_size=12, count=4, n_max=3, n_min=1)
+    np.testing.assert_allclose(np.asarray(got), [[7.5 / 6, 9.5 / 4], [0.5 / 6, 5.5 / 4], [0.5, 0.5], [0, 0]],
+                               rtol=1e-6)
+    assert np.asarray(got_valid).tolist() == [True, True, True, False]
+    # no point: the cells, equal alpha in row-major order, the zero cell left out
+    cells, cells_valid = _point_set(points, np.zeros(6, bool), alpha, image_size=12, count=6, n_max=6, n_min=6)
+    np.testing.assert_array_equal(np.asarray(cells), [[0.5, 0.5], [0.5, 1.5], [1.5, 0.5], [1.5, 2.5], [1.5, 1.5],
+                                                      [0, 0]])
+    assert np.asarray(cells_valid).tolist() == [True] * 5 + [False]
+
+
+def test_salient_point_set_on_cell_edges_and_the_image_border():
+    """A point on a cell edge belongs to the cell after it; one on the far border to the last cell."""
+    alpha = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    for image_size in (12, 30):  # 6 px per cell; 15 x 10 px cells
+        step = np.array([image_size / 2, image_size / 3], np.float32)
+        points = np.array([[1, 1], [1, 2], [0, 2], [2, 3], [0, 0], [2, 0]], np.float32) * step
+        _assert_ranked_as_numpy(points, np.ones(6, bool), alpha, image_size, count=6, n_max=6, n_min=1)
+
+
+def test_salient_point_set_vmaps_over_images():
+    rng = np.random.default_rng(7)
+    alpha = rng.random((3, 8, 8)).astype(np.float32)
+    points = np.stack([_pixel_centres(rng, 50, 64) for _ in range(3)])
+    valid = rng.random((3, 50)) > 0.5
+    batched, batched_valid = jax.vmap(lambda p, v, a: salient_point_set(p, v, a, 64, 20, 20, 4))(points, valid, alpha)
+    assert batched.shape == (3, 20, 2) and batched_valid.shape == (3, 20)
+    for i in range(3):
+        single, single_valid = salient_point_set(points[i], valid[i], alpha[i], 64, 20, 20, 4)
+        np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(single))
+        np.testing.assert_array_equal(np.asarray(batched_valid[i]), np.asarray(single_valid))

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..fileio import FileError
+from .salient_points import N_MAX
 
 # PIL's own default (Image.MAX_IMAGE_PIXELS), ~ 9459 x 9459.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -298,12 +299,16 @@ class Batch:
 
     images[k] is uint8 (batch_size, sizes[k], sizes[k], 3); valid is bool (batch_size,); keys[i] is
     `pixels_key` of image i as decoded (what its vectors are a function of, with the pipeline).
+    points[size], for the sizes asked for (`point_sizes`), is the salient points detected in images[k]
+    of that size (`salient_points.padded_points`): (positions (batch_size, P, 2) float32, valid
+    (batch_size, P) bool); padding rows have none.
     """
 
     ids: list[str]
     keys: list[str]
     images: tuple[np.ndarray, ...]
     valid: np.ndarray
+    points: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 def pixels_key(img: np.ndarray) -> str:
@@ -363,23 +368,34 @@ def as_rgb(x: np.ndarray | Image.Image | str | os.PathLike, index: int) -> np.nd
     raise ImageError(name, f"expected a numpy array, PIL image or file path, got {type(x).__name__}")
 
 
-def assemble_batches(items: Iterable[tuple[str, str, tuple[np.ndarray, ...]]], sizes, batch_size) -> Iterator[Batch]:
-    """Pack (id, pixels key, per-size arrays) into Batches of exactly batch_size rows, padding the last with white."""
+def assemble_batches(
+    items: Iterable[tuple[str, str, tuple[np.ndarray, ...], tuple[tuple[np.ndarray, np.ndarray], ...]]],
+    sizes, batch_size, point_sizes: tuple[int, ...] = (),
+) -> Iterator[Batch]:
+    """Pack (id, pixels key, per-size arrays, per-point-size (positions (P, 2), valid (P,))) into Batches
+    of exactly batch_size rows, padding the last with white images without points."""
 
     def empty():
-        return [], [], tuple(np.full((batch_size, s, s, 3), 255, np.uint8) for s in sizes)
+        images = tuple(np.full((batch_size, s, s, 3), 255, np.uint8) for s in sizes)
+        return [], [], images, {s: (np.zeros((batch_size, N_MAX, 2), np.float32), np.zeros((batch_size, N_MAX), bool))
+                                for s in point_sizes}
 
-    ids, keys, arrays = empty()
-    for id_, key, prepared in items:
+    def batch(ids, keys, arrays, points):
+        return Batch(ids, keys, arrays, np.arange(batch_size) < len(ids), points)
+
+    ids, keys, arrays, points = empty()
+    for id_, key, prepared, detected in items:
         for array, image in zip(arrays, prepared):
             array[len(ids)] = image
+        for (positions, valid), (found, found_valid) in zip(points.values(), detected):
+            positions[len(ids)], valid[len(ids)] = found, found_valid
         ids.append(id_)
         keys.append(key)
         if len(ids) == batch_size:
-            yield Batch(ids, keys, arrays, np.ones(batch_size, bool))
-            ids, keys, arrays = empty()
+            yield batch(ids, keys, arrays, points)
+            ids, keys, arrays, points = empty()
     if ids:
-        yield Batch(ids, keys, arrays, np.arange(batch_size) < len(ids))
+        yield batch(ids, keys, arrays, points)
 
 
 def check_positive(**values: int) -> None:

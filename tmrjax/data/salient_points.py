@@ -18,6 +18,11 @@ and larger shapes along their outlines (corners, stroke ends, bends). A plateau 
 on flat-coloured marks, yields each of its pixels. The image is mirrored at its borders first: unpadded,
 `hessian_matrix_det`'s box sums go wrong within half a box of the bottom and right borders.
 
+In a pipeline (`embed.salient_points = "hessian"`) the load workers detect the points of every image
+at each resolution (`data.sources.iter_batches`, `padded_points`), `Batch.points` carries them padded
+to N_MAX, and `kernels.candidates.salient_point_set` ranks them on the device, as `salient_points` here
+(the reference it is tested against) does.
+
 Frames. Run the detector on the square uint8 image the backbone sees (`data.images.prepare(image, S)`,
 or a row of `Batch.images[k]`): the feature map covers exactly that image, so a pixel position maps to
 map cells by one scaling (`to_cells`), with no padding offset to undo. Positions are continuous, as in
@@ -44,6 +49,25 @@ THRESHOLD = 1e-3
 
 N_MAX, N_MIN = 4000, 300
 """jeong2017 Sec. 5: at most N_max detected points are kept; below N_min the largest alpha cells are used."""
+
+
+def padded_points(image: np.ndarray, count: int = N_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """`detect_points` of one square uint8 image (a row of `Batch.images[k]`) as fixed-shape arrays for
+    the ranking on the device (`kernels.candidates.salient_point_set`): (positions (count, 2) float32,
+    valid (count,) bool). Of more than `count` points, the `count` of strongest response are kept."""
+    positions, _ = detect_points(image)
+    n = min(len(positions), count)
+    out = np.zeros((count, 2), np.float32)
+    out[:n] = positions[:n]
+    return out, np.arange(count) < n
+
+
+def batch_points(images: np.ndarray, count: int = N_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """`padded_points` of every row of a (B, S, S, 3) uint8 batch: ((B, count, 2) float32, (B, count) bool)."""
+    positions, valid = np.zeros((len(images), count, 2), np.float32), np.zeros((len(images), count), bool)
+    for i, image in enumerate(images):
+        positions[i], valid[i] = padded_points(image, count)
+    return positions, valid
 
 
 def detect_points(

@@ -41,6 +41,7 @@ from .images import (
     prepare_multi,
 )
 from .pool import ordered_map
+from .salient_points import padded_points
 
 TFDS_PREFIX = "tfds:"
 FOLDER_PREFIX = "folder:"
@@ -250,19 +251,27 @@ def iter_batches(
     failures: FailureLog,
     rows: Sequence[int] | None = None,
     workers: int = LOAD_WORKERS,
+    point_sizes: tuple[int, ...] = (),
 ) -> Iterator[Batch]:
     """`rows` of `source` (default all), in order, as fixed-shape Batches padded to white squares at
-    every size; ids are the source's ids. An image that cannot be read, for any reason, is recorded
-    in `failures` with its id and left out; the stream goes on."""
+    every size; ids are the source's ids. At each of `point_sizes` (some of `sizes`), the workers also
+    detect the salient points of the square image (`Batch.points`, jeong2017 Sec. 2). An image that
+    cannot be read or searched for points, for any reason, is recorded in `failures` with its id and
+    left out; the stream goes on."""
     check_sizes(sizes)
     check_positive(batch_size=batch_size, workers=workers)
+    if not set(point_sizes) <= set(sizes):
+        raise ValueError(f"point_sizes {point_sizes!r} must be among the sizes {sizes!r}")
+    point_sizes = tuple(sorted(set(point_sizes)))
     rows = range(len(source)) if rows is None else rows
 
-    def prepared(row: int) -> tuple[str, tuple[np.ndarray, ...]]:
+    def prepared(row: int) -> tuple[str, tuple[np.ndarray, ...], tuple[tuple[np.ndarray, np.ndarray], ...]]:
         image = source.load(int(row))
-        return pixels_key(image), prepare_multi(image, sizes)
+        squares = prepare_multi(image, sizes)
+        by_size = dict(zip(sizes, squares))
+        return pixels_key(image), squares, tuple(padded_points(by_size[s]) for s in point_sizes)
 
-    def items() -> Iterator[tuple[str, str, tuple[np.ndarray, ...]]]:
+    def items() -> Iterator[tuple]:
         for row, result in ordered_map(prepared, rows, workers=workers, in_flight=max(2 * batch_size, 2 * workers),
                                        catch=True):
             if isinstance(result, ImageError):
@@ -272,7 +281,7 @@ def iter_batches(
             else:
                 yield source.ids[int(row)], *result
 
-    return assemble_batches(items(), sizes, batch_size)
+    return assemble_batches(items(), sizes, batch_size, point_sizes)
 
 
 # ----------------------------------------------------------------------------------------
