@@ -324,3 +324,23 @@ def test_version_and_help_name_the_workflow_and_the_pipelines(capsys):
     out = capsys.readouterr().out
     assert "tmrjax fit GALLERY" in out and "tmrjax index FOLDER" in out and "tmrjax search INDEX" in out
     assert "jeong2017_lite0" in out and "rmac_lite0_hed" in out
+
+
+def test_the_cli_runs_scipys_openblas_on_one_thread_and_leaves_numpys():
+    """jaxlib's CPU eigh calls scipy's bundled OpenBLAS; numpy's is another library and keeps its threads."""
+    from threadpoolctl import threadpool_info
+
+    from tmrjax.cli import _inside_scipy, single_threaded_lapack
+
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+    limiter = single_threaded_lapack()
+    try:
+        after = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+        scipys = [path for path in after if _inside_scipy(path)]
+        if not scipys:
+            pytest.skip("this scipy has no OpenBLAS of its own")
+        assert all(after[path] == 1 for path in scipys)
+        assert all(after[path] == before[path] for path in after if path in before and not _inside_scipy(path))
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
