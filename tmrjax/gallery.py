@@ -128,7 +128,7 @@ def _index_locked(
             )
         _add_pending(index, root, pending)
     index.save()
-    if search.database_augmentation > 0 and len(index) and index.augmented(_dba_params(search)) is None:
+    if search.database_augmentation > 0 and len(index) and not index.has_augmented(_dba_params(search)):
         index.save_augmented(_dba_params(search), augment_database(index.vectors(), search))
     if rebuild:
         old = final.with_name(final.name + ".old")

@@ -774,9 +774,9 @@ class GalleryIndex:
     def augmented(self, params: dict) -> GalleryIndex | None:
         """The committed augmented database (see `save_augmented`) as a view like `with_vectors`'s, if it
         was made with `params` from the items indexed now; None otherwise."""
-        entry = self._meta.get("augmented")
-        if not entry or entry["params"] != params or entry["labels_sha256"] != self._labels_sha256():
+        if not self.has_augmented(params):
             return None
+        entry = self._meta["augmented"]
         file = _checked_file(self.path, entry, _AUGMENTED_FILE, self._verify)
         index = _read_faiss(file, self._meta["index"]["kind"])
         ours = faiss.vector_to_array(self._index.id_map) if isinstance(self._index, faiss.IndexIDMap) else None
@@ -787,6 +787,12 @@ class GalleryIndex:
         view = GalleryIndex(self.path, self._meta, index, self._table())
         view._derived = True
         return view
+
+    def has_augmented(self, params: dict) -> bool:
+        """Whether meta.json names an augmented database made with `params` from the items indexed now
+        (what `augmented` would open; its file is not read)."""
+        entry = self._meta.get("augmented")
+        return bool(entry) and entry["params"] == params and entry["labels_sha256"] == self._labels_sha256()
 
     def save_augmented(self, params: dict, vectors: np.ndarray) -> None:
         """Commit `vectors`, derived from all of `vectors()` by `params` (e.g. DBA and its config fields),
