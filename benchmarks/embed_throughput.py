@@ -37,6 +37,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="backbone compute dtype; kernels accumulate in float32 either way")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first one compiles)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported")
+    p.add_argument("--images", metavar="DIR",
+                   help="embed B images of this folder (evenly spaced over its sorted names; e.g. `tmrjax "
+                        "export`'s marks) instead of uniform noise: candidate regions (jeong2017) cost more or "
+                        "less with the content")
+    p.add_argument("--one-lapack-thread", action="store_true",
+                   help="run scipy's OpenBLAS (jaxlib's CPU eigh) on one thread, as the tmrjax commands do "
+                        "(tmrjax.cli.single_threaded_lapack); default: the library's default, one per core")
     p.add_argument("--json", help="also write the raw timings to this file")
     return p.parse_args(argv)
 
@@ -60,7 +67,8 @@ def bench_pipeline(name: str, batch_sizes: list[int], dtype, args, load: harness
     stand_in = arts is not None
     results = []
     for batch in batch_sizes:
-        images = harness.random_images(pipe.resolutions, batch)
+        images = (harness.folder_images(args.images, pipe.resolutions, batch) if args.images
+                  else harness.random_images(pipe.resolutions, batch))
         features = [pipe.features_batch(x) for x in images]
         jax.block_until_ready(features)
         times = harness.measure_interleaved(
@@ -111,6 +119,10 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.one_lapack_thread:
+        from tmrjax.cli import single_threaded_lapack
+
+        single_threaded_lapack()
     batch_sizes = harness.csv_ints(args.batch_sizes)
     load = harness.LoadMonitor()
     load.sample()
@@ -121,7 +133,9 @@ def main(argv=None) -> None:
     print("## embed throughput (tmrjax)\n")
     print(harness.machine_header())
     print(f"- load during the run: {load.summary()}")
-    print(f"- warm-up {args.warmup} call(s) (compile excluded), median of {args.repeats} timed calls\n")
+    print(f"- warm-up {args.warmup} call(s) (compile excluded), median of {args.repeats} timed calls")
+    print(f"- images: {'B evenly spaced of ' + args.images if args.images else 'uniform noise'}; scipy's OpenBLAS "
+          f"on {'one thread' if args.one_lapack_thread else 'its default threads'}\n")
     print(table(results))
     for f in failures:
         print(f"\n**{f['pipeline']}: failed, not measured**: `{f['error']}`")

@@ -47,6 +47,19 @@ def random_images(resolutions: Sequence[int], batch: int, seed: int = 0) -> list
     return [rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8) for s in resolutions]
 
 
+def folder_images(folder: str, resolutions: Sequence[int], batch: int) -> list[np.ndarray]:
+    """`random_images`' batches from `batch` images of `folder`, evenly spaced over its sorted names (all
+    of them, cycled, when it holds fewer), prepared as the pipelines prepare them (white-padded square, resized)."""
+    from tmrjax.data.images import list_images, load_image, prepare_multi
+
+    paths = list_images(folder)
+    if not paths:
+        raise SystemExit(f"--images {folder}: no images there")
+    picks = [paths[i * len(paths) // batch] for i in range(batch)]
+    prepared = [prepare_multi(load_image(os.path.join(folder, path)), tuple(resolutions)) for path in picks]
+    return [np.stack([one[r] for one in prepared]) for r in range(len(resolutions))]
+
+
 def stand_in_artefacts(pipeline, seed: int = 0):
     """(`pipeline` with random Artefacts of the shapes `tmrjax fit` would produce, those artefacts),
     so a reference implementation can use the very same arrays; artefacts None when nothing is fitted."""

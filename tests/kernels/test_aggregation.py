@@ -4,7 +4,17 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
-from tmrjax.kernels.aggregation import first_order_pool, log_cov_pool, reduce_local, spatial_weights, spd_log, vec_upper
+from tmrjax.kernels.aggregation import (
+    _log_grams_batched,
+    _log_grams_by_size,
+    first_order_pool,
+    log_cov_pool,
+    reduce_local,
+    region_sizes,
+    spatial_weights,
+    spd_log,
+    vec_upper,
+)
 from tmrjax.kernels.crow import crow_channel_weights
 
 
@@ -119,6 +129,32 @@ def test_rank_deficient_regions_agree_in_float32_and_float64():
     masks[2, 4, 4:7] = True  # 3 cells
     narrow = np.asarray(log_cov_pool(local.astype(np.float32), alpha, masks))
     np.testing.assert_allclose(narrow, _reference(local, alpha, masks), atol=1e-4)
+
+
+@pytest.mark.parametrize("side, dims", [(10, 128), (12, 24)], ids=["N < K': duals only", "N > K': K' x K' and duals"])
+def test_eigendecompositions_sized_to_each_region_give_the_whole_map_sized_matrices(side, dims):
+    """The CPU path (one region at a time, the dual of its weighted cells padded to the next multiple of
+    8) against the batched path (every region at the whole map's size) and the float64 loop, on regions
+    of every size class: empty, 1 cell, exactly a size (8, 16), one over it (9, 17), and the whole map."""
+    rng = np.random.default_rng(8)
+    local = (rng.gamma(1.0, size=(2, side, side, dims)) * (rng.uniform(size=(2, side, side, dims)) > 0.5))
+    alpha = rng.uniform(size=(2, side, side))
+    counts = [0, 1, 8, 9, 16, 17, side * side // 2, side * side]
+    order = rng.permutation(side * side)
+    masks = np.zeros((len(counts), side * side), bool)
+    for m, count in enumerate(counts):
+        masks[m, order[:count]] = True  # scattered cells, not a box
+    masks = masks.reshape(-1, side, side)
+    assert region_sizes(side * side, dims)[-2:] == (16, 8)
+    weights = alpha[:, None] * masks
+    weights = (weights / np.maximum(weights.sum(axis=(-2, -1), keepdims=True), 1e-12)).astype(np.float32)
+    f32 = local.astype(np.float32)
+    by_size = np.asarray(jax.jit(lambda x, w: _log_grams_by_size(x, w, 1e-4))(f32, weights))
+    batched = np.asarray(jax.jit(lambda x, w: _log_grams_batched(x, w, 1e-4))(f32, weights))
+    np.testing.assert_allclose(by_size[:, 1:], batched[:, 1:], atol=2e-3, rtol=1e-4)  # log-space entries, up to ~20
+    np.testing.assert_allclose(by_size[:, 0], batched[:, 0], rtol=1e-5)  # empty: log(tiny) I on both
+    ours = np.asarray(log_cov_pool(f32, alpha, masks))
+    np.testing.assert_allclose(ours, _reference(local, alpha, masks), atol=1e-4)
 
 
 def test_spatial_weights_are_the_l2_normalised_channel_sum():
