@@ -137,7 +137,7 @@ def _log_grams_by_size(local: jax.Array, weights: jax.Array, floor: float) -> ja
     def whole(x, wts):
         if n < k:
             return _dual_log(jnp.sqrt(wts)[:, None] * x, floor)
-        return spd_log(jnp.einsum("n,ni,nj->ij", wts, x, x), floor)
+        return spd_log((x * wts[:, None]).T @ x, floor)
 
     def covering(size):
         def log_gram(x, wts):

@@ -168,6 +168,17 @@ def test_pipeline_json_with_a_missing_key_or_a_wrong_type_names_the_field(ura_fi
 
 
 @pytest.mark.usefixtures("fast_random_init")
+def test_a_pipeline_fitted_before_a_config_field_existed_is_told_to_be_fitted_again(ura_fitted, tmp_path):
+    folder = _fitted_folder(ura_fitted, tmp_path)
+    info = json.loads((folder / "pipeline.json").read_text())
+    del info["config"]["embed"]["salient_points"]  # added to every config after this folder's tmrjax
+    (folder / "pipeline.json").write_text(json.dumps(info))
+    with pytest.raises(StoredFileError, match="field 'embed.salient_points' is missing; fitted by an earlier "
+                                              "tmrjax.*fit the pipeline again"):
+        Pipeline.load(folder)
+
+
+@pytest.mark.usefixtures("fast_random_init")
 def test_a_truncated_artefacts_npz_is_refused(ura_fitted, tmp_path):
     folder = _fitted_folder(ura_fitted, tmp_path)
     data = (folder / "artefacts.npz").read_bytes()

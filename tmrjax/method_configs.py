@@ -17,6 +17,10 @@ class PipelineError(ValueError):
     """A pipeline that cannot be built or does not match its artefacts."""
 
 
+class MissingFieldError(PipelineError):
+    """A config without a field every config has: written by hand, or stored by an earlier tmrjax."""
+
+
 def load_config(name_or_path: str) -> ConfigDict:
     """A method config by name (``mr_rsmac_ura``) or by path to a ``get_config()`` file."""
     path = Path(name_or_path)

@@ -35,7 +35,7 @@ from ._version import __version__
 from .data.salient_points import N_MAX, batch_points
 from .fileio import Record, StoredFileError, load_npz, read_json, write_atomic
 from .kernels import pooling
-from .method_configs import PipelineError, load_config
+from .method_configs import MissingFieldError, PipelineError, load_config
 from .models import architecture, build_backbone
 from .stages import (
     POOLINGS,
@@ -164,7 +164,7 @@ def _check_types(config: ConfigDict, schema: ConfigDict, where: str = "") -> Non
     for key, default in schema.items():
         name = f"{where}{key}"
         if key not in config:
-            raise PipelineError(f"{config.get('name', '?')}: field {name!r} is missing")
+            raise MissingFieldError(f"{config.get('name', '?')}: field {name!r} is missing")
         value = config[key]
         if isinstance(default, ConfigDict):
             if not isinstance(value, ConfigDict):
@@ -308,6 +308,9 @@ def config_from_record(record: Record) -> ConfigDict:
         validate_config(config)
     except (AttributeError, KeyError, TypeError) as e:
         raise StoredFileError(record.path, f"field 'config' is not a complete retrieval config ({e})") from None
+    except MissingFieldError as e:
+        raise StoredFileError(record.path, f"field 'config': {e}; fitted by an earlier tmrjax, whose configs did "
+                                           "not have it: fit the pipeline again (tmrjax fit)") from None
     except PipelineError as e:
         raise StoredFileError(record.path, f"field 'config': {e}") from None
     if config_hash(config) != record.str("config_hash"):
