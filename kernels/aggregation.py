@@ -115,39 +115,36 @@ def _log_grams_batched(local: jax.Array, weights: jax.Array, floor: float) -> ja
     return spd_log(jnp.einsum("...mhw,...hwi,...hwj->...mij", weights, local, local), floor)
 
 
-def region_sizes(cells: int, dims: int) -> tuple[int, ...]:
-    """The cell counts `_log_grams_by_size` sizes eigendecompositions for, below the whole map's:
-    the multiples of 8 under min(N cells, K' dims), largest first (a region is padded by fewer than 8
-    zero rows, and smaller sizes would cost less than the loop around them)."""
-    return tuple(range((min(cells, dims) - 1) // 8 * 8, 0, -8))
+def region_sizes(cells: int) -> tuple[int, ...]:
+    """The cell counts `_log_grams_by_size` sizes eigendecompositions for, below the whole map's N:
+    the multiples of 8 under N, largest first (a region is padded by fewer than 8 zero rows; smaller
+    sizes would cost less than the loop around them)."""
+    return tuple(range((cells - 1) // 8 * 8, 0, -8))
 
 
 def _log_grams_by_size(local: jax.Array, weights: jax.Array, floor: float) -> jax.Array:
-    """`_log_grams_batched`'s matrices, one region at a time, each from an eigendecomposition sized to
-    the cells it covers: a region of n cells has rank <= n, so the dual of its n largest-weight rows
+    """`_log_grams_batched`'s matrices for a map of N < K' cells, one region at a time, each from the
+    dual of its own cells: a region of n cells has rank <= n, so the dual of its n largest-weight rows
     (padded with zero rows up to the smallest `region_sizes` entry >= n) gives the same log G at
     (n / N)^3 of the cost. On a CPU, where LAPACK solves batched eigenproblems one after another anyway,
-    that is what candidate hulls need: on Lite0's 10 x 10 map, 7 of the 8 regions cover under half of it."""
+    this is what candidate hulls need: on Lite0's 10 x 10 map, 7 of the 8 regions cover 1-60 cells."""
     h, w, k = local.shape[-3:]
     lead, regions, n = local.shape[:-3], weights.shape[-3], h * w
+    if n >= k:
+        raise ValueError(f"_log_grams_by_size: a map of {h} x {w} cells has rank up to K' = {k}: no dual")
     cells = local.reshape(-1, n, k)  # (I, N, K')
     region_weights = jnp.broadcast_to(weights, (*lead, regions, h, w)).reshape(-1, n)  # (I M, N)
     image = jnp.repeat(jnp.arange(cells.shape[0]), regions)
 
-    def whole(x, wts):
-        if n < k:
-            return _dual_log(jnp.sqrt(wts)[:, None] * x, floor)
-        return spd_log((x * wts[:, None]).T @ x, floor)
-
     def covering(size):
         def log_gram(x, wts):
-            top, where = jax.lax.top_k(wts, size)
+            top, where = jax.lax.top_k(wts, size)  # every weighted cell, then zero-weight ones
             return _dual_log(jnp.sqrt(top)[:, None] * x[where], floor)
         return log_gram
 
-    sizes = region_sizes(n, k)
-    branches = [whole] + [covering(size) for size in sizes]
-    capacity = jnp.asarray((n,) + sizes)
+    sizes = (n,) + region_sizes(n)
+    branches = [covering(size) for size in sizes]
+    capacity = jnp.asarray(sizes)
 
     def one(args):
         i, wts = args
@@ -166,17 +163,21 @@ def log_cov_pool(local: jax.Array, alpha: jax.Array, masks: jax.Array, floor: fl
     (an empty mask, or alpha 0 over it) has G = 0 and gives the direction of I; callers mask such
     regions out. -> (..., M, K' (K' + 1) / 2) float32.
 
-    A region of n cells has rank <= n: when n < K' (every region of EfficientNet-Lite0's 10 x 10 head
-    at 320 px, K' = 128; most candidate hulls on any map) its log is computed from the n x n dual of
-    its cells (`_dual_log`), the same matrix at (n / K')^3 of the eigendecomposition's cost. On a CPU
-    each region gets a dual sized to its own cells (`_log_grams_by_size`); on an accelerator all are
-    solved in one batch at the whole map's size (`_log_grams_batched`).
+    A map of N < K' cells (EfficientNet-Lite0's 10 x 10 head at 320 px, K' = 128) makes every G
+    rank-deficient, and its log is computed from the N x N dual of the cells (`_dual_log`), the same
+    matrix at (N / K')^3 of the eigendecomposition's cost; on a CPU each region gets a dual sized to
+    its own cells (`_log_grams_by_size`), on an accelerator all are solved in one batch at the map's
+    size (`_log_grams_batched`). Larger maps (VGG's 28 x 28) take one batched K' x K' `eigh`: their
+    candidate hulls cover 200-800 cells, well above K'.
     """
     local = jnp.asarray(local, jnp.float32)
     weights = alpha.astype(jnp.float32)[..., None, :, :] * masks.astype(jnp.float32)  # (..., M, H, W)
     total = jnp.sum(weights, axis=(-2, -1))
     weights = weights / jnp.maximum(total, 1e-12)[..., None, None]
-    # On a CPU one region at a time, each eigendecomposition sized to its cells; elsewhere all in one batch.
-    log_gram = jax.lax.platform_dependent(local, weights, cpu=functools.partial(_log_grams_by_size, floor=floor),
-                                          default=functools.partial(_log_grams_batched, floor=floor))
+    h, w, k = local.shape[-3:]
+    if h * w < k:  # on a CPU one region at a time, each dual sized to its cells; elsewhere all in one batch
+        log_gram = jax.lax.platform_dependent(local, weights, cpu=functools.partial(_log_grams_by_size, floor=floor),
+                                              default=functools.partial(_log_grams_batched, floor=floor))
+    else:
+        log_gram = _log_grams_batched(local, weights, floor)
     return l2_normalize(vec_upper(log_gram))

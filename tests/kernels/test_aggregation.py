@@ -131,11 +131,11 @@ def test_rank_deficient_regions_agree_in_float32_and_float64():
     np.testing.assert_allclose(narrow, _reference(local, alpha, masks), atol=1e-4)
 
 
-@pytest.mark.parametrize("side, dims", [(10, 128), (12, 24)], ids=["N < K': duals only", "N > K': K' x K' and duals"])
-def test_eigendecompositions_sized_to_each_region_give_the_whole_map_sized_matrices(side, dims):
+def test_eigendecompositions_sized_to_each_region_give_the_whole_map_sized_matrices():
     """The CPU path (one region at a time, the dual of its weighted cells padded to the next multiple of
     8) against the batched path (every region at the whole map's size) and the float64 loop, on regions
     of every size class: empty, 1 cell, exactly a size (8, 16), one over it (9, 17), and the whole map."""
+    side, dims = 10, 128
     rng = np.random.default_rng(8)
     local = (rng.gamma(1.0, size=(2, side, side, dims)) * (rng.uniform(size=(2, side, side, dims)) > 0.5))
     alpha = rng.uniform(size=(2, side, side))
@@ -145,7 +145,7 @@ def test_eigendecompositions_sized_to_each_region_give_the_whole_map_sized_matri
     for m, count in enumerate(counts):
         masks[m, order[:count]] = True  # scattered cells, not a box
     masks = masks.reshape(-1, side, side)
-    assert region_sizes(side * side, dims)[-2:] == (16, 8)
+    assert region_sizes(side * side)[-2:] == (16, 8)
     weights = alpha[:, None] * masks
     weights = (weights / np.maximum(weights.sum(axis=(-2, -1), keepdims=True), 1e-12)).astype(np.float32)
     f32 = local.astype(np.float32)
@@ -155,6 +155,17 @@ def test_eigendecompositions_sized_to_each_region_give_the_whole_map_sized_matri
     np.testing.assert_allclose(by_size[:, 0], batched[:, 0], rtol=1e-5)  # empty: log(tiny) I on both
     ours = np.asarray(log_cov_pool(f32, alpha, masks))
     np.testing.assert_allclose(ours, _reference(local, alpha, masks), atol=1e-4)
+
+
+def test_on_a_cpu_only_maps_of_fewer_cells_than_dimensions_go_region_by_region():
+    def lowered(side, dims):
+        local = np.ones((1, side, side, dims), np.float32)
+        alpha, masks = np.ones((1, side, side), np.float32), np.ones((2, side, side), bool)
+        return jax.jit(log_cov_pool).lower(local, alpha, masks).as_text()
+
+    assert jax.default_backend() == "cpu"
+    assert "stablehlo.while" in lowered(3, 16)  # 9 cells < 16 dims: the region loop
+    assert "stablehlo.while" not in lowered(4, 16)  # 16 cells: one batched K' x K' eigh
 
 
 def test_spatial_weights_are_the_l2_normalised_channel_sum():
