@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .pooling import l2_normalize
+from .pooling import L2_EPS, l2_normalize
 
 
 def spatial_weights(features: jax.Array) -> jax.Array:
@@ -180,4 +180,7 @@ def log_cov_pool(local: jax.Array, alpha: jax.Array, masks: jax.Array, floor: fl
                                               default=functools.partial(_log_grams_batched, floor=floor))
     else:
         log_gram = _log_grams_batched(local, weights, floor)
-    return l2_normalize(vec_upper(log_gram))
+    # l2_normalize(vec_upper(log G)) with its norm taken as ||log G||_F, the same number: XLA:CPU fuses
+    # the upper triangle's gather into the norm's reduction otherwise, 5x slower than both together.
+    squared = jnp.sum(log_gram * log_gram, axis=(-2, -1))[..., None]
+    return vec_upper(log_gram) / (jnp.sqrt(jnp.maximum(squared, np.finfo(np.float32).tiny)) + L2_EPS)

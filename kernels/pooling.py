@@ -30,7 +30,10 @@ def _map_size(x: jax.Array, where: str) -> tuple[int, int]:
     return x.shape[-3], x.shape[-2]
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
+L2_EPS = 1e-6  # added to every l2 norm before dividing by it
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = L2_EPS) -> jax.Array:
     """``x / (||x||_2 + eps)`` along ``axis`` (cirtorch ``l2n``); a zero vector stays zero.
 
     The norm is floored at the smallest normal float before the square root so the
