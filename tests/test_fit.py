@@ -157,6 +157,22 @@ def test_sample_rows_is_a_seeded_subset_in_input_order(marks_dir):
     assert any(sample_rows(12, 5, seed=s) != subset for s in range(4, 8))
 
 
+def test_fitting_detects_the_points_of_each_image_once_over_its_passes(marks_dir, tiny_config, tmp_path, monkeypatch):
+    """jeong2017_hessian's fit reads the images twice (first-order regions for the PCA bases, then
+    second-order ones for PCA-w); the job's memo keeps the points detected in the first pass."""
+    import tmrjax.data.sources as sources
+
+    detected = []
+    real = sources.padded_points
+    monkeypatch.setattr(sources, "padded_points", lambda square: detected.append(square.shape) or real(square))
+    config = tiny_config("jeong2017_hessian", (96,))
+    config.embed.pca_whitening_dim = 8
+    config.embed.candidate_points_min = 50
+    fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "jeong", progress=False)
+    images = len(list_images(marks_dir))
+    assert detected == [(96, 96, 3)] * images
+
+
 @pytest.mark.parametrize("name", ["jeong2017", "jeong2017_hessian"])
 def test_second_order_fit_learns_local_pca_bases_from_first_order_regions(name, marks_dir, tiny_config, tmp_path):
     """jeong2017 Eq. 4: U^1 = the K' leading principal directions of the l2-normalised first-order

@@ -7,7 +7,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from tmrjax import metrics
-from tmrjax.rerank import augment_database, expand_queries
+from tmrjax.rerank import _top, augment_database, expand_queries
 
 
 def search(query_expansion=0, qe_alpha=3.0, database_augmentation=0, dba_alpha=3.0) -> ConfigDict:
@@ -23,6 +23,22 @@ def top_others(scores: np.ndarray, row: int, n: int) -> list[int]:
     """The n best columns other than `row`, ties to the lower index (a stable sort of -scores)."""
     order = [int(c) for c in np.argsort(-scores, kind="stable") if c != row]
     return order[:n]
+
+
+@pytest.mark.parametrize("n", [1, 3, 10, 40, 60])
+def test_neighbour_lists_equal_a_stable_sort_also_where_ties_straddle_the_cut(n):
+    rng = np.random.default_rng(11)
+    scores = np.round(rng.uniform(-1, 1, size=(30, 40)), 1).astype(np.float32)  # 21 values: many ties
+    scores[5] = 0.5  # a row all tied
+    exclude = np.where(np.arange(30) % 3 == 0, np.arange(30), -1)  # some rows leave one column out
+    got, got_scores = _top(scores, n, exclude)
+    for i, (row, row_scores) in enumerate(zip(got, got_scores)):
+        masked = scores[i].copy()
+        if exclude[i] >= 0:
+            masked[exclude[i]] = -np.inf
+        want = np.argsort(-masked, kind="stable")[:min(n, 40)]
+        np.testing.assert_array_equal(row, want)
+        np.testing.assert_array_equal(row_scores, masked[want])
 
 
 def test_off_by_default_leaves_everything_as_it_is():

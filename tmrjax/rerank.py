@@ -31,13 +31,27 @@ _DBA_ROWS_PER_STEP = 1024
 
 def _top(scores: np.ndarray, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The n best columns of each row of `scores` (ties: lower index first), without row i's column
-    exclude[i] (none where it is -1): (indices (Q, n) int64, their scores)."""
+    exclude[i] (none where it is -1): (indices (Q, n) int64, their scores).
+
+    A partial selection (`np.argpartition`, linear in the row) finds each row's n best; only rows where
+    tied scores straddle the n-th place, so that the selection alone does not say which of them lower
+    indices keep, are sorted whole."""
     scores = scores.copy()
     own = np.flatnonzero(exclude >= 0)
     scores[own, exclude[own]] = -np.inf
     n = min(n, scores.shape[1])
-    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :n]
-    return order, np.take_along_axis(scores, order, axis=1)
+    if n == 0:
+        return np.zeros((len(scores), 0), np.int64), np.zeros((len(scores), 0), scores.dtype)
+    picked = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    nth = np.take_along_axis(scores, picked, axis=1).min(axis=1, keepdims=True)
+    straddling = np.flatnonzero(np.sum(scores >= nth, axis=1) > n)  # more tied at the n-th value than fit
+    if len(straddling):
+        columns = np.broadcast_to(np.arange(scores.shape[1]), (len(straddling), scores.shape[1]))
+        picked[straddling] = np.lexsort((columns, -scores[straddling]), axis=1)[:, :n]
+    picked_scores = np.take_along_axis(scores, picked, axis=1)
+    order = np.lexsort((picked, -picked_scores), axis=1)  # best first, ties by lower index
+    picked = np.take_along_axis(picked, order, axis=1).astype(np.int64)
+    return picked, np.take_along_axis(picked_scores, order, axis=1)
 
 
 def _best_regions(queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray) -> np.ndarray:

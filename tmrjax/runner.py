@@ -13,6 +13,7 @@ different sink (artefact fitting, scoring, index writing, timing):
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +45,12 @@ class FeatureMemo:
     passes of `fit`, then embedding the database that contains the fitting sample) runs each
     image through the backbone once per resolution.
 
-    Maps are admitted until `max_bytes` is reached and then kept (never evicted): a job scans
-    its images in the same order pass after pass, which an LRU would miss every time, while a
+    It also keeps the salient points detected in the images (jeong2017's "hessian" regions), by
+    (resolution, pixels key), which the load workers look up before detecting them again
+    (`get_points`, `put_points`; `iter_batches(points_memo=...)`).
+
+    Maps and points are admitted until `max_bytes` is reached and then kept (never evicted): a job
+    scans its images in the same order pass after pass, which an LRU would miss every time, while a
     full memo still serves its first images. A memo belongs to one job; it is freed with it.
     """
 
@@ -53,8 +58,12 @@ class FeatureMemo:
         self.max_bytes = _memo_budget() if max_bytes is None else max_bytes
         self.bytes = 0
         self._maps: dict[tuple, np.ndarray] = {}
+        self._points: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()  # the load workers put points from their threads
         self.computed = 0  # image maps computed (put) and served (get): what a test can count
         self.served = 0
+        self.points_detected = 0  # point sets put and served, likewise
+        self.points_served = 0
 
     @property
     def full(self) -> bool:
@@ -66,10 +75,25 @@ class FeatureMemo:
         return found
 
     def put(self, key: tuple, features: np.ndarray) -> None:
-        self.computed += 1
-        if key not in self._maps and self.bytes + features.nbytes <= self.max_bytes:
-            self._maps[key] = features
-            self.bytes += features.nbytes
+        with self._lock:
+            self.computed += 1
+            if key not in self._maps and self.bytes + features.nbytes <= self.max_bytes:
+                self._maps[key] = features
+                self.bytes += features.nbytes
+
+    def get_points(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            found = self._points.get(key)
+            self.points_served += found is not None
+            return found
+
+    def put_points(self, key: tuple, points: tuple[np.ndarray, np.ndarray]) -> None:
+        size = sum(a.nbytes for a in points)
+        with self._lock:
+            self.points_detected += 1
+            if key not in self._points and self.bytes + size <= self.max_bytes:
+                self._points[key] = points
+                self.bytes += size
 
 
 class BackboneRunner:
@@ -154,7 +178,8 @@ def run_pipelines(
     desc = desc or "embed " + "+".join(p.name for p in pipelines)
     with progress_bar(total, desc, progress) as bar:
         reported = len(failures)
-        for batch in iter_batches(source, runner.sizes, batch_size, failures, rows, workers, runner.point_sizes):
+        for batch in iter_batches(source, runner.sizes, batch_size, failures, rows, workers, runner.point_sizes,
+                                  points_memo=memo):
             ready = [known(p, batch) for p in pipelines] if known else [None] * len(pipelines)
             maps = runner.feature_maps(batch, [r is None for r in ready])
             yield batch, [fn(p, m, p.points_of(batch.points)) if r is None else r

@@ -244,6 +244,14 @@ def open_source(
     return PathSource(spec, root)
 
 
+class PointsMemo(Protocol):
+    """Where a job keeps the salient points it has detected, by (size, pixels key) (`runner.FeatureMemo`)."""
+
+    def get_points(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+    def put_points(self, key: tuple, points: tuple[np.ndarray, np.ndarray]) -> None: ...
+
+
 def iter_batches(
     source: ImageSource,
     sizes: tuple[int, ...],
@@ -252,10 +260,12 @@ def iter_batches(
     rows: Sequence[int] | None = None,
     workers: int = LOAD_WORKERS,
     point_sizes: tuple[int, ...] = (),
+    points_memo: PointsMemo | None = None,
 ) -> Iterator[Batch]:
     """`rows` of `source` (default all), in order, as fixed-shape Batches padded to white squares at
     every size; ids are the source's ids. At each of `point_sizes` (some of `sizes`), the workers also
-    detect the salient points of the square image (`Batch.points`, jeong2017 Sec. 2). An image that
+    detect the salient points of the square image (`Batch.points`, jeong2017 Sec. 2), or take them from
+    `points_memo` when an earlier pass of the job detected them. An image that
     cannot be read or searched for points, for any reason, is recorded in `failures` with its id and
     left out; the stream goes on."""
     check_sizes(sizes)
@@ -265,11 +275,19 @@ def iter_batches(
     point_sizes = tuple(sorted(set(point_sizes)))
     rows = range(len(source)) if rows is None else rows
 
+    def points_of(key: str, size: int, square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = points_memo.get_points((size, key)) if points_memo is not None else None
+        if found is None:
+            found = padded_points(square)
+            if points_memo is not None:
+                points_memo.put_points((size, key), found)
+        return found
+
     def prepared(row: int) -> tuple[str, tuple[np.ndarray, ...], tuple[tuple[np.ndarray, np.ndarray], ...]]:
         image = source.load(int(row))
         squares = prepare_multi(image, sizes)
-        by_size = dict(zip(sizes, squares))
-        return pixels_key(image), squares, tuple(padded_points(by_size[s]) for s in point_sizes)
+        by_size, key = dict(zip(sizes, squares)), pixels_key(image)
+        return key, squares, tuple(points_of(key, s, by_size[s]) for s in point_sizes)
 
     def items() -> Iterator[tuple]:
         for row, result in ordered_map(prepared, rows, workers=workers, in_flight=max(2 * batch_size, 2 * workers),
