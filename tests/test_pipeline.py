@@ -306,6 +306,8 @@ def test_hessian_candidate_regions_are_the_hulls_of_detected_points_ranked_by_al
         masks, masks_valid = hull_masks(kept, valid, labels, e.candidate_clusters, 6, 6)
         np.testing.assert_array_equal(np.asarray(found.masks[i]), np.asarray(masks), err_msg=f"image {i}")
         np.testing.assert_array_equal(np.asarray(found.valid[i]), np.asarray(masks_valid), err_msg=f"image {i}")
+        alone = REGIONS["candidates"](features[i:i + 1], e, jax.tree.map(lambda x, i=i: x[i:i + 1], points))
+        np.testing.assert_array_equal(np.asarray(alone.masks[0]), np.asarray(masks), err_msg=f"image {i} alone")
     assert fallbacks == 2  # the disc and the white square: their N_min largest-alpha cells
 
 
