@@ -62,8 +62,6 @@ class FeatureMemo:
         self._lock = threading.Lock()  # the load workers put points from their threads
         self.computed = 0  # image maps computed (put) and served (get): what a test can count
         self.served = 0
-        self.points_detected = 0  # point sets put and served, likewise
-        self.points_served = 0
 
     @property
     def full(self) -> bool:
@@ -83,14 +81,11 @@ class FeatureMemo:
 
     def get_points(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
         with self._lock:
-            found = self._points.get(key)
-            self.points_served += found is not None
-            return found
+            return self._points.get(key)
 
     def put_points(self, key: tuple, points: tuple[np.ndarray, np.ndarray]) -> None:
         size = sum(a.nbytes for a in points)
         with self._lock:
-            self.points_detected += 1
             if key not in self._points and self.bytes + size <= self.max_bytes:
                 self._points[key] = points
                 self.bytes += size
