@@ -38,6 +38,7 @@ def main(argv=None) -> None:
         ("conv_layers", []),
         ("efficientnet_lite", embed_args[2:] if args.pipelines else embed_args),  # all but --pipelines
         ("faiss_search", ["--sizes", args.faiss_sizes] if args.faiss_sizes else []),
+        ("database_augmentation", []),
     ]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

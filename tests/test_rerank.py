@@ -7,7 +7,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from tmrjax import metrics
-from tmrjax.rerank import _top, augment_database, expand_queries
+from tmrjax.rerank import _nearest_others, _nearest_others_by_rows, _top, augment_database, expand_queries
 
 
 def search(query_expansion=0, qe_alpha=3.0, database_augmentation=0, dba_alpha=3.0) -> ConfigDict:
@@ -131,6 +131,35 @@ def test_dba_found_in_row_blocks_equals_one_block(monkeypatch):
     whole = augment_database(db, search(database_augmentation=3))
     monkeypatch.setattr(tmrjax.rerank, "_DBA_ROWS_PER_STEP", 7)
     np.testing.assert_array_equal(augment_database(db, search(database_augmentation=3)), whole)
+
+
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_dba_neighbours_from_faiss_equal_whole_rows_sorted_also_with_ties_and_duplicates(n):
+    rng = np.random.default_rng(12)
+    # unit rows of four +-0.5 among eight zeros: inner products are exact multiples of 0.25, many tied
+    db = np.zeros((300, 8), np.float32)
+    for row in db:
+        row[rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    db[50:60] = db[7]  # a row with ten copies: more tied at the top than faiss is asked for
+    got, got_scores = _nearest_others(db, n)
+    want, want_scores = _nearest_others_by_rows(db, n, np.arange(len(db)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_scores, want_scores)
+    assert not np.any(got == np.arange(len(db))[:, None])  # never the row itself
+
+
+def test_dba_neighbours_from_faiss_equal_whole_rows_sorted_on_untied_scores():
+    db = unit(np.random.default_rng(14).standard_normal((500, 16)))  # no ties: every row from faiss alone
+    got, got_scores = _nearest_others(db, 5)
+    want, want_scores = _nearest_others_by_rows(db, 5, np.arange(len(db)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-6)
+
+
+def test_dba_neighbours_of_a_database_smaller_than_n_plus_two_are_all_the_other_rows():
+    db = unit(np.random.default_rng(13).standard_normal((4, 5)))
+    got, _ = _nearest_others(db, 3)
+    assert [sorted(row) for row in got.tolist()] == [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]
 
 
 def test_a_query_outside_the_database_expands_with_its_own_vector_and_excludes_nothing():

@@ -12,12 +12,16 @@
   searched as a one-region query.
 
 A query's own database row is never one of its expansion images (it matches itself trivially).
-Both read the whole (Q, N) score matrix of the initial search (`metrics.similarities`), which
-suits evaluation-sized databases (a 5,000-image benchmark: 100 MB).
+QE reads the queries' (Q, N) score matrix of the initial search (`metrics.similarities`). DBA of
+one-vector databases finds every row's neighbours with faiss's exact k-nearest-neighbour search
+(blocked inner products keeping the k best in a heap, 7x faster than scoring whole rows and
+partitioning them: benchmarks/RESULTS.md); region databases score blocks of rows against all
+images by their best region pair.
 """
 
 from __future__ import annotations
 
+import faiss
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
@@ -65,15 +69,47 @@ def _best_regions(queries: np.ndarray, database: np.ndarray, neighbours: np.ndar
     return best
 
 
+def _nearest_others_by_rows(database: np.ndarray, n: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_top` of the scores of `rows` against the whole database, their own columns left out, found
+    _DBA_ROWS_PER_STEP rows at a time."""
+    lists = [_top(similarities(database, step), n, exclude=step)
+             for step in np.array_split(rows, max(1, -(-len(rows) // _DBA_ROWS_PER_STEP)))]
+    return tuple(np.concatenate(parts) for parts in zip(*lists))
+
+
+def _nearest_others(database: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's n best other rows, as `_top` gives them (best first, ties to the lower index):
+    (indices (N, n) int64, scores).
+
+    A one-vector database goes through `faiss.knn` (exact inner products), asked for n + 2 rows so
+    that n + 1 others remain once the row itself is dropped; a row whose n-th and (n+1)-th other
+    score tie, where faiss's heap need not have kept the lower indices, is scored whole instead.
+    Region databases (best region pair per image) are scored whole, a block of rows at a time."""
+    rows = np.arange(len(database))
+    if database.ndim != 2 or len(database) < n + 2:
+        return _nearest_others_by_rows(database, n, rows)
+    scores, found = faiss.knn(database, database, n + 2, metric=faiss.METRIC_INNER_PRODUCT)
+    own = found == rows[:, None]
+    # drop the row's own entry, else (it tied with n + 2 others and fell off) the last one
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), n + 1)
+    keep = np.arange(n + 2)[None, :] != drop[:, None]
+    found, scores = found[keep].reshape(-1, n + 1), scores[keep].reshape(-1, n + 1)
+    order = np.lexsort((found, -scores), axis=1)  # best first, ties by lower index
+    found, scores = np.take_along_axis(found, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    straddling = np.flatnonzero(scores[:, n - 1] == scores[:, n])
+    found, scores = found[:, :n], scores[:, :n]
+    if len(straddling):
+        found[straddling], scores[straddling] = _nearest_others_by_rows(database, n, straddling)
+    return found, scores
+
+
 def augment_database(database: np.ndarray, search: ConfigDict) -> np.ndarray:
     """DBA over the database itself, or `database` as it is when ``search.database_augmentation`` is 0."""
     n = search.database_augmentation
     if n <= 0:
         return database
     rows = np.arange(len(database))
-    lists = [_top(similarities(database, step), n, exclude=step)
-             for step in np.array_split(rows, max(1, -(-len(rows) // _DBA_ROWS_PER_STEP)))]
-    others, scores = (np.concatenate(parts) for parts in zip(*lists))
+    others, scores = _nearest_others(np.ascontiguousarray(database, np.float32), n)
     neighbours = np.concatenate([rows[:, None], others], axis=1)  # each list starts with the image itself
     if database.ndim == 2:
         scores = np.concatenate([np.ones((len(rows), 1), np.float32), scores], axis=1)
