@@ -15,8 +15,8 @@ whole (neighbour search and aggregation):
     python benchmarks/database_augmentation.py                     # 20k and 50k vectors
     python benchmarks/database_augmentation.py --sizes 20000       # quick
 
-Agreement: the fraction of rows whose n neighbours equal the whole-row path's, and the largest
-difference of an augmented vector from it.
+Agreement with the whole-row path: the rows whose n neighbours differ from its (near-ties that
+another matrix product rounds the other way), and the largest difference of an augmented vector.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def bench_size(size: int, args, search: ConfigDict, load: harness.LoadMonitor) -
         load.sample()
         print(f"  n={size} {name}: {times[name]:.1f} s", file=sys.stderr, flush=True)
     return [{"size": size, "way": name, "seconds": times[name],
-             "same_neighbours": float(np.mean(np.all(lists[name] == lists["whole rows"], axis=1))),
+             "other_neighbours": int(np.sum(np.any(lists[name] != lists["whole rows"], axis=1))),
              "max_abs_diff": float(np.abs(outputs[name] - outputs["whole rows"]).max())}
             for name in ("tmrjax", "whole rows", "PyTorch")]
 
@@ -129,8 +129,8 @@ def main(argv=None) -> None:
     print(f"- data: clustered unit vectors, dim {args.dim}; n = {args.n}, alpha = {args.alpha:g}; one timed run each\n")
     by_size = {(r["size"], r["way"]): r["seconds"] for r in results}
     rows = [[f"{r['size']:,}", r["way"], f"{r['seconds']:.1f}", f"{by_size[(r['size'], 'PyTorch')] / r['seconds']:.2f}",
-             f"{100 * r['same_neighbours']:.2f}%", f"{r['max_abs_diff']:.1e}"] for r in results]
-    print(harness.markdown_table(["gallery", "way", "s", "speed-up vs PyTorch", "same neighbours as whole rows",
+             f"{r['other_neighbours']:,}", f"{r['max_abs_diff']:.1e}"] for r in results]
+    print(harness.markdown_table(["gallery", "way", "s", "speed-up vs PyTorch", "rows with other neighbours",
                                   "max abs diff"], rows))
     if args.json:
         with open(args.json, "w") as f:
