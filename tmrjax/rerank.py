@@ -14,7 +14,7 @@
 A query's own database row is never one of its expansion images (it matches itself trivially).
 QE reads the queries' (Q, N) score matrix of the initial search (`metrics.similarities`). DBA of
 one-vector databases finds every row's neighbours with faiss's exact k-nearest-neighbour search
-(blocked inner products keeping the k best in a heap, 7x faster than scoring whole rows and
+(blocked inner products keeping the k best in a heap, 6-7x faster than scoring whole rows and
 partitioning them: benchmarks/RESULTS.md); region databases score blocks of rows against all
 images by their best region pair.
 """
