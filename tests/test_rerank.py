@@ -127,7 +127,7 @@ def test_query_vectors_equal_to_the_query_rows_change_nothing(protocol):
 def test_dba_found_in_row_blocks_equals_one_block(monkeypatch):
     import tmrjax.rerank
 
-    db = unit(np.random.default_rng(6).standard_normal((30, 5)))
+    db = region_database(np.random.default_rng(6), n=30)  # region databases are scored a block of rows at a time
     whole = augment_database(db, search(database_augmentation=3))
     monkeypatch.setattr(tmrjax.rerank, "_DBA_ROWS_PER_STEP", 7)
     np.testing.assert_array_equal(augment_database(db, search(database_augmentation=3)), whole)
