@@ -13,8 +13,9 @@ from PIL import Image
 import tmrjax.evaluation
 import tmrjax.fit
 from tmrjax.data.images import FailureLog, pixels_key
-from tmrjax.data.sources import ArraySource
+from tmrjax.data.sources import ArraySource, FolderSource
 from tmrjax.evaluation import export_benchmark, fit_and_embed, run_eval
+from tmrjax.fit import fit_pipeline
 from tmrjax.gallery import index_folder, search_images
 from tmrjax.pipeline import Pipeline
 from tmrjax.runner import FeatureMemo, embed_all
@@ -111,6 +112,40 @@ def test_a_second_embedding_of_the_same_pixels_runs_no_backbone_and_gives_the_sa
     other = Pipeline.create(config)  # another config, another vectors_hash: nothing shared
     embed_all(ArraySource(images), [other], FailureLog(), progress=False, cache=VectorCache(tmp_path))
     assert {size: len(rows) for size, rows in backbone_rows.items()} == {64: 6}
+
+
+def test_cached_images_are_not_searched_for_salient_points_and_keep_their_vectors(
+        marks_dir, tiny_config, tmp_path, monkeypatch):
+    """jeong2017_hessian ranks points detected in the image: embedding 5 of 12 marks, then all 12, then
+    all again, detects each mark's points once; the second batch of 4 holds one cached mark and three
+    new ones, and the cached one keeps its vector."""
+    import tmrjax.data.sources as sources
+
+    config = tiny_config("jeong2017_hessian", (96,))
+    config.embed.pca_whitening_dim = 8
+    config.embed.candidate_points_min = 50
+    pipeline = fit_pipeline(Pipeline.create(config), marks_dir, tmp_path / "fit", progress=False)
+    detected = []
+    real = sources.padded_points
+    monkeypatch.setattr(sources, "padded_points", lambda square: detected.append(square.tobytes()) or real(square))
+    source = FolderSource(marks_dir)
+
+    def embed(rows=None):
+        _, (vectors,) = embed_all(source, [pipeline], FailureLog(), rows=rows, progress=False,
+                                  cache=VectorCache(tmp_path / "cache"))
+        return vectors
+
+    first = embed(range(5))
+    assert len(detected) == 5
+    everything = embed()
+    assert len(detected) == len(set(detected)) == len(source)
+    np.testing.assert_array_equal(everything[:5], first)
+    again = embed()
+    assert len(detected) == len(source)
+    np.testing.assert_array_equal(again, everything)
+    fresh = embed_all(source, [pipeline], FailureLog(), progress=False)[1][0]  # no cache: all detected again
+    assert len(detected) == 2 * len(source)
+    np.testing.assert_allclose(fresh, everything, atol=1e-5)
 
 
 def test_index_and_search_after_eval_embed_nothing(configs_dir, bench, tmp_path, backbone_rows):

@@ -21,10 +21,11 @@ import jax
 import numpy as np
 
 from .data.images import Batch, FailureLog, ImageError
-from .data.sources import LOAD_WORKERS, ArraySource, ImageSource, iter_batches, open_source
+from .data.salient_points import N_MAX
+from .data.sources import LOAD_WORKERS, ArraySource, ImageSource, PointsMemo, iter_batches, open_source
 from .pipeline import CombinedPipeline, Pipeline
 from .progress import progress_bar
-from .vector_cache import VectorCache
+from .vector_cache import PipelineVectors, VectorCache
 
 if TYPE_CHECKING:
     from .stages import DetectedPoints
@@ -159,6 +160,7 @@ def run_pipelines(
     workers: int = LOAD_WORKERS,
     known: Callable[[Pipeline, Batch], Any | None] | None = None,
     memo: FeatureMemo | None = None,
+    points_memo: PointsMemo | None = None,
 ) -> Iterator[tuple[Batch, list[Any]]]:
     """(batch, [fn(pipeline, its feature maps, its salient points (`Pipeline.points_of`)) for each
     pipeline]) for every batch of `rows` of `source` (default all). Unreadable images are logged in
@@ -166,7 +168,7 @@ def run_pipelines(
     images. The batch size is the largest of the pipelines' (`batch_size` overrides it).
     `known(pipeline, batch)`, when given, may return a pipeline's output for the batch without its
     backbone (e.g. cached vectors); a backbone runs only for the pipelines left without one, and not
-    for the images `memo` holds."""
+    for the images `memo` holds. Salient points come from `points_memo` (default `memo`) where it has them."""
     runner = BackboneRunner(pipelines, memo)
     batch_size = batch_size or max(p.config.batch_size for p in pipelines)
     total = len(source) if rows is None else len(rows)
@@ -174,13 +176,35 @@ def run_pipelines(
     with progress_bar(total, desc, progress) as bar:
         reported = len(failures)
         for batch in iter_batches(source, runner.sizes, batch_size, failures, rows, workers, runner.point_sizes,
-                                  points_memo=memo):
+                                  points_memo=memo if points_memo is None else points_memo):
             ready = [known(p, batch) for p in pipelines] if known else [None] * len(pipelines)
             maps = runner.feature_maps(batch, [r is None for r in ready])
             yield batch, [fn(p, m, p.points_of(batch.points)) if r is None else r
                           for p, m, r in zip(pipelines, maps, ready)]
             bar.update(len(batch.ids) + len(failures) - reported)
             reported = len(failures)
+
+
+class CachedImagesUndetected:
+    """Salient points for a loop whose vectors a cache may hold: an image whose vectors are cached for
+    every pipeline ranking points at that size gets none detected (no points at all, in the padded
+    shape), since `embed_source` yields its cached vectors whatever the batch computes for it; other
+    images' points come from `memo` or are detected (and kept in `memo`). A `PointsMemo`."""
+
+    def __init__(self, stores_by_size: dict[int, list[PipelineVectors]], memo: FeatureMemo | None):
+        self.stores_by_size, self.memo = stores_by_size, memo
+        self.none = (np.zeros((N_MAX, 2), np.float32), np.zeros(N_MAX, bool))
+
+    def get_points(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+        size, pixels = key
+        found = self.memo.get_points(key) if self.memo is not None else None
+        if found is None and all(store.has(pixels) for store in self.stores_by_size[size]):
+            return self.none
+        return found
+
+    def put_points(self, key: tuple, points: tuple[np.ndarray, np.ndarray]) -> None:
+        if self.memo is not None:
+            self.memo.put_points(key, points)
 
 
 def single_pipelines(pipelines: Sequence[Pipeline | CombinedPipeline]) -> list[Pipeline]:
@@ -210,7 +234,9 @@ def embed_source(
     backbone weights and tap share its forward passes, so adding a method to a run costs its
     pooling, not another backbone pass. With a `cache`, a batch whose vectors it holds for a
     pipeline (by pixels, `vector_cache`) skips that pipeline's backbone, and new vectors are added;
-    with a `memo`, feature maps computed earlier in the job are reused (`FeatureMemo`).
+    an image it holds gets its cached vectors also in a batch computed for others, and is not searched
+    for salient points (`CachedImagesUndetected`). With a `memo`, feature maps computed earlier in the
+    job are reused (`FeatureMemo`).
     """
     for p in pipelines:
         p.check_artefacts()
@@ -226,14 +252,21 @@ def embed_source(
         full[batch.valid] = found
         return full
 
+    points_memo = None
+    if cache and any(p.point_sizes for p in singles):
+        points_memo = CachedImagesUndetected(
+            {size: [stores[id(p)] for p in singles if size in p.point_sizes]
+             for size in {s for p in singles for s in p.point_sizes}}, memo)
     desc = desc or "embed " + "+".join(p.name for p in pipelines)
     try:
         for batch, vectors in run_pipelines(source, singles, lambda p, maps, points: p.embed_features(maps, points),
                                             failures, rows, batch_size, desc, progress, workers,
-                                            known=cached if cache else None, memo=memo):
-            valid = [np.asarray(v[batch.valid]) for v in vectors]
+                                            known=cached if cache else None, memo=memo, points_memo=points_memo):
+            valid = [np.array(v[batch.valid]) for v in vectors]
             for p, v in zip(singles, valid):
-                if cache:
+                if cache:  # a cached image gets its cached vectors, whatever else its batch holds
+                    found, cached_vectors = stores[id(p)].lookup(batch.keys)
+                    v[found] = cached_vectors
                     stores[id(p)].put(batch.keys, v)
             yield list(batch.ids), [
                 p.combine({name: valid[index[id(part)]] for name, part in p.parts.items()})

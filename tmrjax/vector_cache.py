@@ -67,21 +67,35 @@ class PipelineVectors:
             self._arrays[number] = np.load(f"{self._chunks[number]}.vectors.npy", mmap_mode="r")
         return self._arrays[number]
 
+    def _vector(self, key: str) -> np.ndarray | None:
+        if key in self._pending:
+            return self._pending[key]
+        if key in self._where:
+            number, row = self._where[key]
+            vector = self._chunk(number)[row]
+            return vector if vector.shape == self.vector_shape else None
+        return None
+
     def get(self, keys: Sequence[str]) -> np.ndarray | None:
         """(len(keys), *vector_shape) float32 when every key is cached, else None."""
         rows = []
         for key in keys:
-            if key in self._pending:
-                rows.append(self._pending[key])
-            elif key in self._where:
-                number, row = self._where[key]
-                vector = self._chunk(number)[row]
-                if vector.shape != self.vector_shape:
-                    return None
-                rows.append(vector)
-            else:
+            vector = self._vector(key)
+            if vector is None:
                 return None
+            rows.append(vector)
         return np.array(rows, np.float32).reshape(len(keys), *self.vector_shape)
+
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found (len(keys),) bool, the vectors of the keys found (found.sum(), *vector_shape) float32)."""
+        vectors = [self._vector(key) for key in keys]
+        found = np.array([v is not None for v in vectors], bool)
+        return found, np.array([v for v in vectors if v is not None], np.float32).reshape(-1, *self.vector_shape)
+
+    def has(self, key: str) -> bool:
+        """Whether `key`'s vector is cached. Safe from other threads while this one adds vectors: a key,
+        once added, stays (pending until `flush`, then in a chunk)."""
+        return self._vector(key) is not None
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Add (len(keys), *vector_shape) vectors; written to disk every FLUSH_ROWS rows and by `flush`."""
