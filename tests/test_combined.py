@@ -104,3 +104,15 @@ def test_eval_scores_the_combined_vectors(combined, fake_benchmark, tmp_path):
     cache = tmp_path / "run" / "cache"
     pair, rmac, mac = (np.load(next(cache.glob(f"*/{n}-*/vectors.npy"))) for n in ("tiny_pair", "rmac", "mac"))
     np.testing.assert_allclose(pair, np.concatenate([np.sqrt(0.75) * rmac, np.sqrt(0.25) * mac], axis=1), atol=1e-6)
+
+
+def test_fitting_names_a_part_by_its_combined_pipeline_in_progress_lines(combined, tiny_config, marks_dir,
+                                                                       tmp_path, capsys):
+    """A part's config may share its name with a pipeline fitted beside it (rmac_lite0_hed's parts are
+    rmac_lite0 and rmac_hed at other settings): fitting both says which is which."""
+    from tmrjax.fit import fit_pipelines
+
+    alone = tiny_config("rmac", resolutions=(64,))
+    fit_pipelines([Pipeline.create(alone), Pipeline.create(combined)], marks_dir, [tmp_path / "a", tmp_path / "b"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fit PCA-w")]
+    assert lines and all(line.startswith(f"fit PCA-w {alone.name}+tiny_pair.resnet:") for line in lines), lines

@@ -152,14 +152,16 @@ def fit_pipelines(
     # A combined pipeline fits its parts that need it, each into parts/<name>/ of its folder.
     single: list[Pipeline] = []
     single_dirs: list[Path] = []
+    labels: list[str] = []  # for progress lines: a part as combined.part (its config may share a name)
     for pipeline, out_dir in zip(pipelines, out_dirs):
         parts = pipeline.parts if isinstance(pipeline, CombinedPipeline) else {None: pipeline}
         for name, part in parts.items():
             if needs_fit(part.config):
                 single.append(part)
                 single_dirs.append(Path(out_dir) if name is None else Path(out_dir) / "parts" / name)
+                labels.append(part.name if name is None else f"{pipeline.name}.{name}")
     memo = memo if memo is not None else FeatureMemo()
-    fitted = iter(_fit_single(single, images, single_dirs, num_images, failures, progress, memo))
+    fitted = iter(_fit_single(single, images, single_dirs, num_images, failures, progress, memo, labels))
     out = []
     for pipeline, out_dir in zip(pipelines, out_dirs):
         if isinstance(pipeline, CombinedPipeline):
@@ -179,8 +181,10 @@ def _fit_single(
     failures: FailureLog | None,
     progress: bool,
     memo: FeatureMemo,
+    labels: Sequence[str],
 ) -> list[Pipeline]:
-    """`fit_pipelines` for pipelines of one backbone each; returns them fitted, in order."""
+    """`fit_pipelines` for pipelines of one backbone each, named `labels` in progress lines; returns them
+    fitted, in order."""
     images = open_source(images)
     if not len(images):
         raise PipelineError(f"{images.describe()}: no images to fit on")
@@ -195,7 +199,7 @@ def _fit_single(
     for members in groups.values():
         skipped = FailureLog()
         results = _fit_group([pipelines[i] for i in members], images, samples[members[0]],
-                             [out_dirs[i] for i in members], skipped, progress, memo)
+                             [out_dirs[i] for i in members], skipped, progress, memo, [labels[i] for i in members])
         fitted.update(zip(members, results))
         known = set(failures.failures)
         for path, reason in skipped.failures:  # each unreadable file reported once
@@ -206,9 +210,10 @@ def _fit_single(
 
 def _fit_group(
     pipelines: Sequence[Pipeline], images: ImageSource, rows: list[int], out_dirs: Sequence[str | os.PathLike],
-    failures: FailureLog, progress: bool, memo: FeatureMemo,
+    failures: FailureLog, progress: bool, memo: FeatureMemo, labels: Sequence[str],
 ) -> list[Pipeline]:
-    """Fit pipelines that share an image sample (see `fit_pipelines`); returns them fitted and saved."""
+    """Fit pipelines that share an image sample (see `fit_pipelines`; `labels` name them in progress lines);
+    returns them fitted and saved."""
     import faiss
 
     for pipeline in pipelines:  # global pooling: one descriptor per image and resolution
@@ -221,7 +226,7 @@ def _fit_group(
             )
     started = time.time()
     rngs = [np.random.default_rng(p.config.fit.seed) for p in pipelines]
-    names = "+".join(p.name for p in pipelines)
+    names = "+".join(labels)
 
     pipelines = list(pipelines)
     images_used = 0
@@ -234,7 +239,7 @@ def _fit_group(
         members = [pipelines[i] for i in local]
         first, images_used = _sample_regions(
             members, _first_order_descriptors, [p.first_order_features_dim for p in members],
-            [rngs[i] for i in local], images, rows, failures, f"fit local PCA {'+'.join(p.name for p in members)}",
+            [rngs[i] for i in local], images, rows, failures, f"fit local PCA {'+'.join(labels[i] for i in local)}",
             progress, memo)
         for i, sample in zip(local, first):
             dim, local_counts[i] = pipelines[i].config.embed.local_dim, len(sample)
@@ -276,7 +281,7 @@ def _fit_group(
         per_image: dict[int, list[np.ndarray]] = {i: [] for i in ura}
         members = [pipelines[i] for i in ura]
         for batch, per_pipeline in run_pipelines(images, members, _postprocessed_regions, FailureLog(), rows,
-                                                 desc="fit URA " + "+".join(p.name for p in members),
+                                                 desc="fit URA " + "+".join(labels[i] for i in ura),
                                                  progress=progress, memo=memo):
             for i, post in zip(ura, per_pipeline):
                 per_image[i].extend(post[batch.valid].astype(np.float32))
