@@ -326,21 +326,44 @@ def test_version_and_help_name_the_workflow_and_the_pipelines(capsys):
     assert "jeong2017_lite0" in out and "rmac_lite0_hed" in out
 
 
+def test_fitting_gives_scipys_openblas_every_core_and_then_one_again():
+    """`tmrjax fit` runs under the CLI's one-thread limit; its large eigendecompositions lift it for their
+    duration (8,256-d PCA-whitening: 46 s on one thread, 25 s on two)."""
+    from threadpoolctl import threadpool_info
+
+    from tmrjax.cli import single_threaded_lapack
+    from tmrjax.lapack_threads import every_core_for_lapack, inside_scipy
+
+    def scipys():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if inside_scipy(i["filepath"])}
+
+    limiter = single_threaded_lapack()
+    try:
+        if not scipys():
+            pytest.skip("this scipy has no OpenBLAS of its own")
+        with every_core_for_lapack():
+            assert set(scipys().values()) == {os.cpu_count()}
+        assert set(scipys().values()) == {1}
+    finally:
+        limiter.restore_original_limits()
+
+
 def test_the_cli_runs_scipys_openblas_on_one_thread_and_leaves_numpys():
     """jaxlib's CPU eigh calls scipy's bundled OpenBLAS; numpy's is another library and keeps its threads."""
     from threadpoolctl import threadpool_info
 
-    from tmrjax.cli import _inside_scipy, single_threaded_lapack
+    from tmrjax.cli import single_threaded_lapack
+    from tmrjax.lapack_threads import inside_scipy
 
     before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
     limiter = single_threaded_lapack()
     try:
         after = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
-        scipys = [path for path in after if _inside_scipy(path)]
+        scipys = [path for path in after if inside_scipy(path)]
         if not scipys:
             pytest.skip("this scipy has no OpenBLAS of its own")
         assert all(after[path] == 1 for path in scipys)
-        assert all(after[path] == before[path] for path in after if path in before and not _inside_scipy(path))
+        assert all(after[path] == before[path] for path in after if path in before and not inside_scipy(path))
     finally:
         if limiter is not None:
             limiter.restore_original_limits()

@@ -396,24 +396,12 @@ def persist_compilations() -> None:
 
 
 def single_threaded_lapack():
-    """One thread for the OpenBLAS that scipy bundles, the LAPACK behind jaxlib's CPU `eigh` (the matrix
-    logarithm of second-order pooling, jeong2017 Eq. 5): its idle threads compete with XLA's and slowed
-    jeong2017_lite0's whole embedding 1.2-2x (benchmarks/RESULTS.md section 12). numpy's and faiss's
-    BLAS are other libraries and keep their threads; a platform without scipy's own OpenBLAS is left as
-    it is. Returns threadpoolctl's limiter (`restore_original_limits()` undoes it), or None."""
-    import scipy.linalg.cython_lapack  # noqa: F401  (loads scipy's BLAS, so the controller sees it)
-    from threadpoolctl import ThreadpoolController
+    """One thread for the OpenBLAS that scipy bundles, the LAPACK behind jaxlib's CPU `eigh`
+    (`tmrjax.lapack_threads`; fitting lifts it around its large eigendecompositions). Returns
+    threadpoolctl's limiter (`restore_original_limits()` undoes it), or None."""
+    from .lapack_threads import scipy_openblas_limit
 
-    controller = ThreadpoolController()
-    ours = [lib.filepath for lib in controller.lib_controllers
-            if lib.internal_api == "openblas" and _inside_scipy(lib.filepath)]
-    return controller.select(filepath=ours).limit(limits=1) if ours else None
-
-
-def _inside_scipy(path: str) -> bool:
-    """Whether a shared library lies in scipy's wheel: site-packages/scipy.libs/ (Linux) or scipy/.dylibs/."""
-    parent = Path(path).parent
-    return parent.name.startswith("scipy") or parent.parent.name == "scipy"
+    return scipy_openblas_limit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from .data.images import FailureLog
 from .data.sources import ImageSource, open_source
 from .kernels import idf as idf_kernels
 from .kernels import whitening
+from .lapack_threads import every_core_for_lapack
 from .pipeline import Artefacts, CombinedPipeline, Pipeline, PipelineError, needs_fit
 from .runner import FeatureMemo, run_pipelines
 from .stages import POOLINGS, DetectedPoints
@@ -247,7 +248,8 @@ def _fit_group(
                 raise PipelineError(
                     f"{images.describe()}: {len(sample)} first-order regional descriptors from {images_used} images "
                     f"cannot fit {pipelines[i].name}'s {dim} PCA bases of local descriptors; fit on more images")
-            _, bases = whitening.learn_pca_whitening(jnp.asarray(sample), dim, power=0.0)
+            with every_core_for_lapack():
+                _, bases = jax.block_until_ready(whitening.learn_pca_whitening(jnp.asarray(sample), dim, power=0.0))
             pipelines[i] = pipelines[i].with_artefacts(Artefacts(local_projection=np.asarray(bases)))
 
     # Pass 1: PCA-whitening from a uniform sample of l2-normalised raw regional descriptors.
@@ -268,8 +270,9 @@ def _fit_group(
                 f"{images.describe()}: {len(sample)} regional descriptors from {images_used} images cannot fit "
                 f"{pipeline.name}'s PCA-whitening to {dim} dims; fit on more images"
             )
-        mean, projection = whitening.learn_pca_whitening(
-            jnp.asarray(sample), dim, power=pipeline.config.embed.whitening_power)
+        with every_core_for_lapack():  # one eigendecomposition of D x D: 8,256^2 for second-order pooling
+            mean, projection = jax.block_until_ready(whitening.learn_pca_whitening(
+                jnp.asarray(sample), dim, power=pipeline.config.embed.whitening_power))
         pipelines[i] = pipeline.with_artefacts(dataclasses.replace(
             pipeline.artefacts, pca_mean=np.asarray(mean), pca_projection=np.asarray(projection)))
 
