@@ -125,3 +125,21 @@ def test_partial_whitening_power_leaves_eigenvalue_to_the_one_minus_two_power():
             jnp.asarray(X, jnp.float32), dim=6, power=power)
         whitened = (X - np.asarray(mean)) @ np.asarray(projection, np.float64)
         np.testing.assert_allclose(np.var(whitened, axis=0, ddof=1), eigenvalues ** (1 - 2 * power), rtol=2e-3)
+
+
+def test_fewer_descriptors_than_dimensions_go_through_the_gram_matrix_to_the_same_projection():
+    """N < D (2,400 second-order descriptors of 8,256 dims in a small fit): the eigenvectors of the N x N
+    Gram matrix, mapped back, against the float64 reference of the D x D covariance."""
+    rng = np.random.default_rng(4)
+    size, num = 60, 40
+    scales = 1.5 ** -np.arange(size) * 10.0
+    rotation, _ = np.linalg.qr(rng.standard_normal((size, size)))
+    X = (rng.standard_normal((num, size)) * scales) @ rotation.T + rng.standard_normal(size)
+    ref_mean, ref_projection = ref_pca_whitening(X, dim=8)
+    mean, projection = learn(jnp.asarray(X, jnp.float32), dim=8)
+    assert projection.shape == (size, 8)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-5)
+    scale = np.abs(ref_projection).max(axis=0)
+    np.testing.assert_allclose(projection / scale, ref_projection / scale, atol=1e-4)
+    whitened = np.asarray(apply_pca_whitening(jnp.asarray(X, jnp.float32), mean, projection))
+    np.testing.assert_allclose(np.cov(whitened, rowvar=False), np.eye(8), atol=1e-3)
