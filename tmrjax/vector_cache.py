@@ -68,13 +68,16 @@ class PipelineVectors:
         return self._arrays[number]
 
     def _vector(self, key: str) -> np.ndarray | None:
-        if key in self._pending:
-            return self._pending[key]
-        if key in self._where:
-            number, row = self._where[key]
-            vector = self._chunk(number)[row]
-            return vector if vector.shape == self.vector_shape else None
-        return None
+        # One read of each dict: `flush` replaces `_pending` (after adding its keys to `_where`) rather
+        # than emptying it, so a load worker asking here while the main thread flushes finds the key.
+        vector = self._pending.get(key)
+        if vector is not None:
+            return vector
+        where = self._where.get(key)
+        if where is None:
+            return None
+        vector = self._chunk(where[0])[where[1]]
+        return vector if vector.shape == self.vector_shape else None
 
     def get(self, keys: Sequence[str]) -> np.ndarray | None:
         """(len(keys), *vector_shape) float32 when every key is cached, else None."""
