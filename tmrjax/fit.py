@@ -209,6 +209,14 @@ def _fit_single(
     return [fitted[i] for i in range(len(pipelines))]
 
 
+def _learn_pca_whitening(sample: np.ndarray, dim: int, power: float) -> tuple[np.ndarray, np.ndarray]:
+    """`whitening.learn_pca_whitening` with scipy's OpenBLAS on every core for its one large
+    eigendecomposition (8,256^2 for second-order PCA-whitening); waits for it inside that window."""
+    with every_core_for_lapack():
+        mean, projection = jax.block_until_ready(whitening.learn_pca_whitening(jnp.asarray(sample), dim, power=power))
+    return np.asarray(mean), np.asarray(projection)
+
+
 def _fit_group(
     pipelines: Sequence[Pipeline], images: ImageSource, rows: list[int], out_dirs: Sequence[str | os.PathLike],
     failures: FailureLog, progress: bool, memo: FeatureMemo, labels: Sequence[str],
@@ -248,9 +256,8 @@ def _fit_group(
                 raise PipelineError(
                     f"{images.describe()}: {len(sample)} first-order regional descriptors from {images_used} images "
                     f"cannot fit {pipelines[i].name}'s {dim} PCA bases of local descriptors; fit on more images")
-            with every_core_for_lapack():
-                _, bases = jax.block_until_ready(whitening.learn_pca_whitening(jnp.asarray(sample), dim, power=0.0))
-            pipelines[i] = pipelines[i].with_artefacts(Artefacts(local_projection=np.asarray(bases)))
+            _, bases = _learn_pca_whitening(sample, dim, power=0.0)
+            pipelines[i] = pipelines[i].with_artefacts(Artefacts(local_projection=bases))
 
     # Pass 1: PCA-whitening from a uniform sample of l2-normalised raw regional descriptors.
     whiten = [i for i, p in enumerate(pipelines) if p.config.embed.pca_whitening_dim > 0]
@@ -270,11 +277,9 @@ def _fit_group(
                 f"{images.describe()}: {len(sample)} regional descriptors from {images_used} images cannot fit "
                 f"{pipeline.name}'s PCA-whitening to {dim} dims; fit on more images"
             )
-        with every_core_for_lapack():  # one eigendecomposition of D x D: 8,256^2 for second-order pooling
-            mean, projection = jax.block_until_ready(whitening.learn_pca_whitening(
-                jnp.asarray(sample), dim, power=pipeline.config.embed.whitening_power))
+        mean, projection = _learn_pca_whitening(sample, dim, power=pipeline.config.embed.whitening_power)
         pipelines[i] = pipeline.with_artefacts(dataclasses.replace(
-            pipeline.artefacts, pca_mean=np.asarray(mean), pca_projection=np.asarray(projection)))
+            pipeline.artefacts, pca_mean=mean, pca_projection=projection))
 
     # Pass 2 (URA): codebook of post-processed regions, IDF over images as documents.
     ura = [i for i, p in enumerate(pipelines) if p.config.embed.region_weights == "idf"]

@@ -244,12 +244,14 @@ def embed_source(
     index = {id(p): i for i, p in enumerate(singles)}
     stores = {id(p): cache.of(p.info()["vectors_hash"], p.vector_shape) for p in singles} if cache else {}
 
+    looked_up: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per pipeline, the current batch's cached vectors
+
     def cached(p: Pipeline, batch: Batch) -> np.ndarray | None:
-        found = stores[id(p)].get(batch.keys)
-        if found is None:
+        found, vectors = looked_up[id(p)] = stores[id(p)].lookup(batch.keys)
+        if not found.all():
             return None
         full = np.zeros((len(batch.valid), *p.vector_shape), np.float32)
-        full[batch.valid] = found
+        full[batch.valid] = vectors
         return full
 
     points_memo = None
@@ -265,7 +267,7 @@ def embed_source(
             valid = [np.array(v[batch.valid]) for v in vectors]
             for p, v in zip(singles, valid):
                 if cache:  # a cached image gets its cached vectors, whatever else its batch holds
-                    found, cached_vectors = stores[id(p)].lookup(batch.keys)
+                    found, cached_vectors = looked_up[id(p)]
                     v[found] = cached_vectors
                     stores[id(p)].put(batch.keys, v)
             yield list(batch.ids), [

@@ -81,13 +81,8 @@ class PipelineVectors:
 
     def get(self, keys: Sequence[str]) -> np.ndarray | None:
         """(len(keys), *vector_shape) float32 when every key is cached, else None."""
-        rows = []
-        for key in keys:
-            vector = self._vector(key)
-            if vector is None:
-                return None
-            rows.append(vector)
-        return np.array(rows, np.float32).reshape(len(keys), *self.vector_shape)
+        found, vectors = self.lookup(keys)
+        return vectors if found.all() else None
 
     def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(found (len(keys),) bool, the vectors of the keys found (found.sum(), *vector_shape) float32)."""
